@@ -1,0 +1,8 @@
+//! spectok's HDF5 shard format (being written).
+use crate::{Error, Format, InputUnit, Reader, Result, SpectrumIter};
+pub struct ShardReader;
+impl Reader for ShardReader {
+    fn format(&self) -> Format { Format::SpectokShard }
+    fn count(&self, unit: &InputUnit) -> Result<usize> { Err(Error::Refused { path: unit.main_file().into(), format: self.format().name(), reason: "unfinished".into() }) }
+    fn read(&self, unit: &InputUnit) -> Result<SpectrumIter> { Err(Error::Refused { path: unit.main_file().into(), format: self.format().name(), reason: "unfinished".into() }) }
+}
