@@ -20,6 +20,7 @@ pub mod reader;
 pub mod readers;
 pub mod shard;
 pub mod spectrum;
+pub mod testdata;
 
 pub use error::{Error, Location, Result};
 pub use format::{detect, Format};
