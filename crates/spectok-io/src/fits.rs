@@ -91,10 +91,12 @@ impl Fits {
         let file = FitsFile::open(path).map_err(|e| {
             Error::bad(Location::file(path), format!("cannot open as FITS: {}", msg(&e)))
         })?;
-        Ok(Fits {
+        let mut fits = Fits {
             file,
             path: path.to_path_buf(),
-        })
+        };
+        fits.check_complete()?;
+        Ok(fits)
     }
 
     pub fn path(&self) -> &Path {
@@ -113,6 +115,7 @@ impl Fits {
     }
 
     fn hdu(&mut self, index: usize) -> Result<FitsHdu> {
+        self.refuse_var_columns(index)?;
         self.file
             .hdu(index)
             .map_err(|e| Error::bad(self.loc(index), format!("cannot move to HDU: {}", msg(&e))))
@@ -137,6 +140,9 @@ impl Fits {
 
     /// Describes HDU `index`.
     pub fn describe(&mut self, index: usize) -> Result<HduDesc> {
+        if let Some(d) = self.var_column_table(index)? {
+            return Ok(d);
+        }
         let hdu = self.hdu(index)?;
         let name = hdu
             .read_key::<String>(&mut self.file, "EXTNAME")
@@ -172,7 +178,7 @@ impl Fits {
 
     /// Header keyword as a number, `None` if absent or not numeric.
     pub fn key_f64(&mut self, index: usize, key: &str) -> Option<f64> {
-        let hdu = self.file.hdu(index).ok()?;
+        let hdu = self.hdu(index).ok()?;
         match hdu.read_key::<f64>(&mut self.file, key) {
             Ok(v) => Some(v),
             Err(_) => hdu
@@ -184,14 +190,14 @@ impl Fits {
 
     /// Header keyword as an integer, `None` if absent or not an integer.
     pub fn key_i64(&mut self, index: usize, key: &str) -> Option<i64> {
-        let hdu = self.file.hdu(index).ok()?;
+        let hdu = self.hdu(index).ok()?;
         hdu.read_key::<i64>(&mut self.file, key).ok()
     }
 
     /// Header keyword as text (numbers are formatted), trimmed; `None` if
     /// absent.
     pub fn key_text(&mut self, index: usize, key: &str) -> Option<String> {
-        let hdu = self.file.hdu(index).ok()?;
+        let hdu = self.hdu(index).ok()?;
         hdu.read_key::<String>(&mut self.file, key)
             .ok()
             .map(|s| s.trim().to_string())
@@ -408,4 +414,248 @@ fn check_len<T>(v: &[T], shape: &[usize], loc: impl Fn() -> Location) -> Result<
 /// cfitsio's messages, on one line.
 fn msg(e: &fitsio::errors::Error) -> String {
     e.to_string().replace('\n', " ").trim().to_string()
+}
+
+impl Fits {
+    /// Reads row `row` of an integer bitmask image (as
+    /// [`Fits::read_image_row_i64`]) and returns each value's bit pattern
+    /// as `u32` (see [`mask_bits`]), so unsigned masks stored with `BZERO`
+    /// and signed 16/32-bit masks with the top bit set keep their bits.
+    pub fn read_image_row_mask(&mut self, index: usize, row: usize, field: &str) -> Result<Vec<u32>> {
+        let bitpix = self.describe(index)?.bitpix;
+        let v = self.read_image_row_i64(index, row, field)?;
+        Ok(v.into_iter().map(|x| mask_bits(x, bitpix)).collect())
+    }
+}
+
+/// The bit pattern of one bitmask value read as `i64` from an image of
+/// `BITPIX` `bitpix`: values in `0..=u32::MAX` are kept; a negative value is
+/// reinterpreted in the image's own width (so an `int16` mask with bit 15
+/// set gives `0x8000`, not `0xFFFF8000`); bits above 31 are dropped.
+pub fn mask_bits(v: i64, bitpix: i32) -> u32 {
+    if (0..=u32::MAX as i64).contains(&v) {
+        return v as u32;
+    }
+    match bitpix {
+        8 => v as u8 as u32,
+        16 => v as u16 as u32,
+        _ => v as u32,
+    }
+}
+
+impl Fits {
+    /// A string keyword that may continue over several cards (the FITS
+    /// long-string `CONTINUE` convention, e.g. a sampling grid written as
+    /// one long list), joined and trimmed; `None` if absent or not text.
+    pub fn key_long_text(&mut self, index: usize, key: &str) -> Option<String> {
+        self.hdu(index).ok()?;
+        let name = std::ffi::CString::new(key).ok()?;
+        let mut value: *mut std::os::raw::c_char = std::ptr::null_mut();
+        let mut comment = vec![0 as std::os::raw::c_char; 81];
+        let mut status = 0;
+        // SAFETY: the file handle is open and positioned on HDU `index`;
+        // cfitsio allocates `value` (freed below with its own allocator) and
+        // writes at most 72 characters plus a NUL into `comment`.
+        unsafe {
+            fitsio::sys::ffgkls(self.file.as_raw(), name.as_ptr(), &mut value, comment.as_mut_ptr(), &mut status);
+            let text = if status == 0 && !value.is_null() {
+                Some(std::ffi::CStr::from_ptr(value).to_string_lossy().trim().to_string())
+            } else {
+                None
+            };
+            if !value.is_null() {
+                let mut free_status = 0;
+                fitsio::sys::fffree(value as *mut std::os::raw::c_void, &mut free_status);
+            }
+            text
+        }
+    }
+
+    /// A logical keyword (`T`/`F`; also accepts `1`/`0`, `TRUE`/`FALSE`);
+    /// `None` if absent or of another kind.
+    pub fn key_bool(&mut self, index: usize, key: &str) -> Option<bool> {
+        let text = self.key_text(index, key)?;
+        match text.trim().trim_matches('\'').trim().to_ascii_uppercase().as_str() {
+            "T" | "TRUE" | "1" => Some(true),
+            "F" | "FALSE" | "0" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Reads one cell of a scalar identifier column as text: a text column
+    /// trimmed, an integer column exactly (signed, or unsigned 64-bit stored
+    /// with `TZERO`), so 19-digit ids never pass through a float.
+    pub fn read_cell_id(&mut self, index: usize, column: &str, row: usize) -> Result<String> {
+        use fitsio::tables::ColumnDataType as T;
+        let (hdu, d) = self.table(index, column)?;
+        let i = d.column_index(column).unwrap_or(0);
+        let name = d.columns[i].clone();
+        if row >= d.rows {
+            return Err(Error::bad(self.loc(index).field(column).row(row as u64), format!("row out of range (table has {} rows)", d.rows)));
+        }
+        let typ = match &hdu.info {
+            HduInfo::TableInfo { column_descriptions, .. } => column_descriptions.get(i).map(|c| c.data_type.typ),
+            _ => None,
+        };
+        let fail = |e: fitsio::errors::Error| format!("cannot read identifier: {}", msg(&e));
+        match typ {
+            Some(T::String | T::Text) => hdu
+                .read_col_range::<String>(&mut self.file, &name, &(row..row + 1))
+                .map_err(|e| Error::bad(self.loc(index).field(column).row(row as u64), fail(e)))?
+                .into_iter()
+                .next()
+                .map(|s| s.trim().to_string())
+                .ok_or_else(|| Error::bad(self.loc(index).field(column).row(row as u64), "no value read")),
+            Some(T::Byte | T::SignedByte | T::Short | T::UnsignedShort | T::Int | T::Long | T::UnsignedLong | T::LongLong | T::UnsignedLongLong) => {
+                let first = match hdu.read_col_range::<i64>(&mut self.file, &name, &(row..row + 1)) {
+                    Ok(v) => v.first().map(|x| x.to_string()),
+                    Err(_) => hdu
+                        .read_col_range::<u64>(&mut self.file, &name, &(row..row + 1))
+                        .map_err(|e| Error::bad(self.loc(index).field(column).row(row as u64), fail(e)))?
+                        .first()
+                        .map(|x| x.to_string()),
+                };
+                first.ok_or_else(|| Error::bad(self.loc(index).field(column).row(row as u64), "no value read"))
+            }
+            _ => Err(Error::bad(self.loc(index).field(column), "not a text or integer column")),
+        }
+    }
+}
+
+/// cfitsio's text for a status code.
+fn status_text(status: i32) -> String {
+    let mut buf = vec![0 as std::os::raw::c_char; 81];
+    // SAFETY: ffgerr writes at most 30 characters plus a NUL into `buf`.
+    unsafe {
+        fitsio::sys::ffgerr(status, buf.as_mut_ptr());
+        std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().trim().to_string()
+    }
+}
+
+impl Fits {
+    /// Describes HDU `index` with cfitsio directly when it is a binary table
+    /// with variable-length array columns (`TFORMn = 'PD(55)'`, as in Gaia XP
+    /// coefficient tables), which `fitsio` cannot describe (it panics);
+    /// `None` for every other HDU. Moves to the HDU.
+    fn var_column_table(&mut self, index: usize) -> Result<Option<HduDesc>> {
+        use fitsio::sys;
+        use std::os::raw::{c_char, c_int};
+        let hdunum = c_int::try_from(index + 1)
+            .map_err(|_| Error::bad(self.loc(index), "HDU number out of range"))?;
+        // SAFETY: the handle is open; every out-pointer is a live local and
+        // every text buffer holds 81 characters (cfitsio writes at most 71
+        // plus a NUL).
+        let (kind, var, repeats, rows, status) = unsafe {
+            let fptr = self.file.as_raw();
+            let (mut status, mut kind, mut ncols) = (0, 0, 0);
+            sys::ffmahd(fptr, hdunum, &mut kind, &mut status);
+            let mut var = false;
+            let mut repeats = Vec::new();
+            let mut rows: sys::LONGLONG = 0;
+            if status == 0 && kind == 2 {
+                sys::ffgncl(fptr, &mut ncols, &mut status);
+                for c in 1..=ncols.max(0) {
+                    let (mut code, mut repeat, mut width) = (0, 0, 0);
+                    sys::ffgtclll(fptr, c, &mut code, &mut repeat, &mut width, &mut status);
+                    var |= code < 0;
+                    repeats.push(usize::try_from(repeat).unwrap_or(0));
+                }
+                sys::ffgnrwll(fptr, &mut rows, &mut status);
+            }
+            (kind, var, repeats, rows, status)
+        };
+        if status != 0 {
+            return Err(Error::bad(self.loc(index), format!("cannot move to HDU: {}", status_text(status))));
+        }
+        if kind != 2 || !var {
+            return Ok(None);
+        }
+        let mut key = |name: &str| -> Option<String> {
+            let cname = std::ffi::CString::new(name).ok()?;
+            let mut value = vec![0 as c_char; 81];
+            let mut comment = vec![0 as c_char; 81];
+            let mut status = 0;
+            // SAFETY: as above; the HDU is current.
+            unsafe {
+                sys::ffgkys(self.file.as_raw(), cname.as_ptr(), value.as_mut_ptr(), comment.as_mut_ptr(), &mut status);
+                (status == 0).then(|| std::ffi::CStr::from_ptr(value.as_ptr()).to_string_lossy().trim().to_string())
+            }
+        };
+        let name = key("EXTNAME").unwrap_or_default();
+        let columns = (1..=repeats.len()).map(|c| key(&format!("TTYPE{c}")).unwrap_or_default()).collect();
+        Ok(Some(HduDesc {
+            name,
+            columns,
+            repeats,
+            rows: usize::try_from(rows).unwrap_or(0),
+            table: true,
+            ..HduDesc::default()
+        }))
+    }
+
+    /// An error for an HDU `fitsio` cannot open (variable-length array
+    /// columns), before `fitsio` is asked to.
+    fn refuse_var_columns(&mut self, index: usize) -> Result<()> {
+        if let Some(d) = self.var_column_table(index)? {
+            return Err(Error::bad(
+                self.loc(index),
+                format!("{}: variable-length array columns are not read", d.summary(index)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Fits {
+    /// Checks that the file is not cut short: every HDU header can be
+    /// read and the last HDU's data reaches into its final 2880-byte
+    /// block. A file truncated inside an HDU that a reader does not read
+    /// (e.g. SDSS per-exposure tables) is an error too, naming the HDU.
+    pub fn check_complete(&mut self) -> Result<()> {
+        let n = self.num_hdus()?;
+        let last = n.checked_sub(1).ok_or_else(|| Error::bad(Location::file(&self.path), "no HDU"))?;
+        let hdunum = std::os::raw::c_int::try_from(n).map_err(|_| Error::bad(Location::file(&self.path), format!("{n} HDUs")))?;
+        // SAFETY: the handle is open and the out-pointers are live locals.
+        let (status, dataend, next) = unsafe {
+            let fptr = self.file.as_raw();
+            let (mut status, mut kind) = (0, 0);
+            let (mut head, mut data, mut end): (fitsio::sys::LONGLONG, fitsio::sys::LONGLONG, fitsio::sys::LONGLONG) = (0, 0, 0);
+            fitsio::sys::ffmahd(fptr, hdunum, &mut kind, &mut status);
+            fitsio::sys::ffghadll(fptr, &mut head, &mut data, &mut end, &mut status);
+            if status == 0 && end > data {
+                // REPORT_EOF: moving past the end of the file is an error.
+                fitsio::sys::ffmbyt(fptr, (end - 2880).max(data), 0, &mut status);
+            }
+            let mut next = [0u8; 8];
+            if status == 0 {
+                // What follows the last complete HDU: cfitsio stops counting
+                // HDUs at a header cut short, so look for its first card.
+                // Only read there if the file has bytes there (REPORT_EOF):
+                // reading past the end would leave cfitsio a dirty buffer.
+                let mut probe = 0;
+                fitsio::sys::ffmbyt(fptr, end, 0, &mut probe);
+                if probe == 0 {
+                    fitsio::sys::ffgextn(fptr, end - data, 8, next.as_mut_ptr() as *mut std::os::raw::c_void, &mut probe);
+                    if probe != 0 {
+                        // Bytes follow but cannot be read: a block cut short.
+                        next = *b"XTENSION";
+                    }
+                }
+            }
+            (status, end, next)
+        };
+        if status != 0 {
+            return Err(Error::bad(
+                self.loc(last),
+                format!("file is truncated: its data should end at byte {dataend} ({})", status_text(status)),
+            ));
+        }
+        if &next == b"XTENSION" {
+            return Err(Error::bad(
+                self.loc(n),
+                format!("file is truncated: the header starting at byte {dataend} is incomplete"),
+            ));
+        }
+        Ok(())
+    }
 }

@@ -158,7 +158,7 @@ pub fn detect(path: &Path) -> Result<Format> {
         return crate::hdf5util::detect_hdf5(path);
     }
     let gz = n >= 2 && head[0] == 0x1f && head[1] == 0x8b;
-    if !gz && !(n >= 6 && &head[..6] == b"SIMPLE") {
+    if !gz && (n < 6 || &head[..6] != b"SIMPLE") {
         return Err(Error::Unrecognised {
             path: path.to_path_buf(),
             found: "neither FITS (no SIMPLE card), gzip nor HDF5".into(),
@@ -227,14 +227,15 @@ fn detect_fits(fits: &mut Fits) -> Result<Format> {
             return Ok(Format::ApogeeApStar);
         }
     }
-    // Primary 5 × N images: SDSS spSpec (COEFF0/COEFF1) or LAMOST old.
+    // Primary 5 × N images: LAMOST old (TELESCOP; it also carries
+    // COEFF0/COEFF1, so it is tested first) or SDSS spSpec (COEFF0/COEFF1).
     let h0 = &hdus[0];
     if h0.shape.len() == 2 && h0.shape[0] == 5 {
-        if fits.key_f64(0, "COEFF0").is_some() && fits.key_f64(0, "COEFF1").is_some() {
-            return Ok(Format::SdssSpSpec);
-        }
         if fits.key_text(0, "TELESCOP").is_some_and(|t| t.to_ascii_uppercase().contains("LAMOST")) {
             return Ok(Format::LamostLrsOld);
+        }
+        if fits.key_f64(0, "COEFF0").is_some() && fits.key_f64(0, "COEFF1").is_some() {
+            return Ok(Format::SdssSpSpec);
         }
     }
     let found = hdus

@@ -176,7 +176,7 @@ pub fn plan_inputs<S: AsRef<str>>(inputs: &[S], format: Option<Format>) -> Plan 
                 let given = redrocks
                     .iter()
                     .position(|r| suffix.is_some() && redrock_suffix(r) == suffix)
-                    .or_else(|| (redrocks.len() == 1).then_some(0));
+                    .or_else(|| (suffix.is_none() && redrocks.len() == 1).then_some(0));
                 if let Some(i) = given {
                     used_redrock[i] = true;
                     unit.companions.push(redrocks[i].clone());

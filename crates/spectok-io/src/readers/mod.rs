@@ -1,5 +1,6 @@
 //! One reader per survey family. Each implements [`crate::Reader`].
 
+mod common;
 pub mod apogee;
 pub mod desi;
 pub mod gaiaxp;

@@ -1,0 +1,406 @@
+//! One spectrum on its native grid → its patches: invalid-pixel rule,
+//! robust scale, normalised flux/σ/weight channels and patchification.
+//!
+//! Preparation is a pure, deterministic function of the spectrum and the
+//! [`PrepareConfig`]; it never interpolates: every flux value it outputs is
+//! one input pixel's flux divided by the spectrum's scale (then the
+//! configured bounded transform), in input order.
+
+use serde::{Deserialize, Serialize};
+use spectok_io::{Labels, Medium, Source, Spectrum, Survey};
+
+use crate::batch::PatchState;
+use crate::error::{Error, RejectReason, Result};
+use crate::mask::MaskRules;
+
+/// `pixel_index` of a tail-padding slot (no input pixel).
+pub const PAD_PIXEL: u32 = u32::MAX;
+
+/// Bounded transform applied to the normalised flux and σ channels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transform {
+    /// Channels are `f / scale` and `σ / scale` as they are.
+    #[default]
+    None,
+    /// Channels are `asinh(f / scale)` and `asinh(σ / scale)`: linear
+    /// around the continuum level and logarithmic for strong lines and
+    /// large errors. The weight becomes the first-order inverse variance of
+    /// the transformed flux, `ivar·scale²·(1 + (f/scale)²)`, so the loss
+    /// stays a χ² in the units the model reconstructs.
+    Arcsinh,
+}
+
+impl Transform {
+    /// Applies the transform to a normalised value.
+    #[inline]
+    pub fn apply(self, x: f64) -> f64 {
+        match self {
+            Transform::None => x,
+            Transform::Arcsinh => x.asinh(),
+        }
+    }
+
+    /// Inverse of [`Transform::apply`] (to turn reconstructions back into
+    /// normalised flux).
+    #[inline]
+    pub fn invert(self, y: f64) -> f64 {
+        match self {
+            Transform::None => y,
+            Transform::Arcsinh => y.sinh(),
+        }
+    }
+}
+
+/// How a spectrum's scale was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScaleRule {
+    /// Median of the valid flux.
+    Median,
+    /// Median of |flux| over valid pixels: the median was ≤ 0, not finite,
+    /// or below `min_median_fraction` of this value.
+    MedianAbs,
+}
+
+/// Settings of [`prepare`]. Every field has a default; a config file may
+/// give any subset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrepareConfig {
+    /// Pixels per patch `P` (paper: 32).
+    pub patch_size: usize,
+    /// A step between consecutive wavelengths larger than `gap_factor`
+    /// times the median of the neighbouring steps starts a new patch.
+    pub gap_factor: f64,
+    /// Number of steps on each side of a step that form its neighbourhood
+    /// for the gap rule (local, because log-linear grids have growing
+    /// steps).
+    pub gap_window: usize,
+    /// Which mask bits invalidate a pixel, per survey.
+    pub mask: MaskRules,
+    /// Bounded transform of the flux and σ channels.
+    pub transform: Transform,
+    /// Clip of the per-pixel weight (normalised ivar `ivar·scale²`):
+    /// 1e4 means pixels with S/N above 100 relative to the spectrum's
+    /// scale weigh no more than S/N 100 (the ivar clipping of the method).
+    pub max_weight: f32,
+    /// The median of valid flux is the scale only if it is at least this
+    /// fraction of the median of |flux|; otherwise (noise-dominated or
+    /// negative spectra) the median of |flux| is.
+    pub min_median_fraction: f64,
+    /// Spectra with fewer valid patches are rejected (an all-invalid
+    /// spectrum gives the encoder nothing to attend to).
+    pub min_valid_patches: usize,
+}
+
+impl Default for PrepareConfig {
+    fn default() -> Self {
+        PrepareConfig {
+            patch_size: 32,
+            gap_factor: 3.0,
+            gap_window: 4,
+            mask: MaskRules::default(),
+            transform: Transform::None,
+            max_weight: 1e4,
+            min_median_fraction: 0.1,
+            min_valid_patches: 1,
+        }
+    }
+}
+
+impl PrepareConfig {
+    /// Checks that every value is in range.
+    pub fn validate(&self) -> Result<()> {
+        if self.patch_size == 0 {
+            return Err(Error::config("patch_size", "must be at least 1"));
+        }
+        if self.gap_factor.is_nan() || self.gap_factor <= 1.0 {
+            return Err(Error::config(
+                "gap_factor",
+                format!("{} (must be > 1; use inf to disable)", self.gap_factor),
+            ));
+        }
+        if self.gap_window == 0 {
+            return Err(Error::config("gap_window", "must be at least 1"));
+        }
+        if self.max_weight.is_nan() || self.max_weight <= 0.0 {
+            return Err(Error::config(
+                "max_weight",
+                format!("{} (must be > 0)", self.max_weight),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_median_fraction) {
+            return Err(Error::config(
+                "min_median_fraction",
+                format!("{} (must be in 0..=1)", self.min_median_fraction),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One spectrum cut into patches, ready to be collated.
+///
+/// Pixel arrays are `[n_patches][patch_size]` row-major, patch arrays are
+/// `[n_patches]`; their meaning is that of the same fields of
+/// [`crate::Batch`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreparedSpectrum {
+    pub id: String,
+    pub survey: Survey,
+    pub source: Source,
+    pub medium: Medium,
+    pub labels: Labels,
+    pub patch_size: usize,
+    /// The flux scale, in the file's flux units.
+    pub scale: f64,
+    /// `log10(scale)`.
+    pub log_scale: f32,
+    /// How `scale` was chosen.
+    pub scale_rule: ScaleRule,
+    pub flux: Vec<f32>,
+    pub sigma: Vec<f32>,
+    pub wavelength: Vec<f64>,
+    pub weight: Vec<f32>,
+    /// Input pixel behind each slot ([`PAD_PIXEL`] for tail padding):
+    /// strictly increasing over the non-padding slots and covering every
+    /// input pixel once, so outputs can be mapped back to the input grid.
+    pub pixel_index: Vec<u32>,
+    pub patch_state: Vec<PatchState>,
+    pub patch_center: Vec<f64>,
+    /// Number of valid input pixels.
+    pub valid_pixels: usize,
+}
+
+impl PreparedSpectrum {
+    /// Number of (valid and invalid) patches.
+    pub fn n_patches(&self) -> usize {
+        self.patch_state.len()
+    }
+
+    /// Number of valid patches.
+    pub fn n_valid_patches(&self) -> usize {
+        self.patch_state
+            .iter()
+            .filter(|s| **s == PatchState::Valid)
+            .count()
+    }
+
+    /// Bytes held by the pixel and patch arrays (for memory accounting).
+    pub fn heap_bytes(&self) -> usize {
+        self.flux.len() * (4 + 4 + 8 + 4 + 4) + self.patch_state.len() * 9
+    }
+}
+
+/// Median of `v` (mean of the two middle values for an even count);
+/// reorders `v`. `None` when empty.
+pub fn median(v: &mut [f64]) -> Option<f64> {
+    let n = v.len();
+    if n == 0 {
+        return None;
+    }
+    let (lo, mid, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
+    let mid = *mid;
+    if n % 2 == 1 {
+        Some(mid)
+    } else {
+        let below = lo.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some(0.5 * (below + mid))
+    }
+}
+
+/// The flux scale of valid pixels: the median of valid flux if it is
+/// positive, finite and at least `min_median_fraction` × the median of
+/// |flux|; otherwise the median of |flux|; `None` when that is 0 or
+/// undefined too.
+pub fn robust_scale(
+    flux: &[f32],
+    valid: &[bool],
+    min_median_fraction: f64,
+) -> Option<(f64, ScaleRule)> {
+    let mut vals: Vec<f64> = flux
+        .iter()
+        .zip(valid)
+        .filter(|(_, ok)| **ok)
+        .map(|(f, _)| *f as f64)
+        .collect();
+    let med = median(&mut vals)?;
+    for v in vals.iter_mut() {
+        *v = v.abs();
+    }
+    let med_abs = median(&mut vals)?;
+    if med.is_finite() && med > 0.0 && med >= min_median_fraction * med_abs {
+        Some((med, ScaleRule::Median))
+    } else if med_abs.is_finite() && med_abs > 0.0 {
+        Some((med_abs, ScaleRule::MedianAbs))
+    } else {
+        None
+    }
+}
+
+/// Pixel ranges `[start, end)` of the runs a spectrum splits into: a run
+/// ends at each segment boundary and at each wavelength gap (a step larger
+/// than `gap_factor` × the median of up to `gap_window` neighbouring steps
+/// on each side, within the segment).
+pub fn runs(spectrum: &Spectrum, gap_factor: f64, gap_window: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut steps: Vec<f64> = Vec::new();
+    let mut window: Vec<f64> = Vec::with_capacity(2 * gap_window);
+    for seg in &spectrum.segments {
+        let w = match spectrum.wavelength.get(seg.start..seg.end) {
+            Some(w) if !w.is_empty() => w,
+            _ => continue,
+        };
+        steps.clear();
+        steps.extend(w.windows(2).map(|p| p[1] - p[0]));
+        let mut run_start = seg.start;
+        for i in 0..steps.len() {
+            let lo = i.saturating_sub(gap_window);
+            let hi = (i + gap_window + 1).min(steps.len());
+            // Fast path: the median is at least the smallest neighbour, so
+            // a step within gap_factor of every neighbour is no gap.
+            let min = steps[lo..hi]
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| lo + k != i)
+                .fold(f64::INFINITY, |m, (_, s)| m.min(*s));
+            if steps[i] <= gap_factor * min {
+                continue;
+            }
+            window.clear();
+            window.extend(
+                steps[lo..hi]
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| lo + k != i)
+                    .map(|(_, s)| *s),
+            );
+            let is_gap = match median(&mut window) {
+                Some(m) => steps[i] > gap_factor * m,
+                None => false,
+            };
+            if is_gap {
+                let cut = seg.start + i + 1;
+                out.push((run_start, cut));
+                run_start = cut;
+            }
+        }
+        out.push((run_start, seg.end));
+    }
+    out
+}
+
+/// `x` as f32, saturating at ±`f32::MAX` so that no model input is
+/// infinite (only reachable with absurd flux/scale ratios).
+#[inline]
+fn finite_f32(x: f64) -> f32 {
+    x.clamp(-(f32::MAX as f64), f32::MAX as f64) as f32
+}
+
+/// Prepares one spectrum: validity, scale, normalised channels, patches.
+///
+/// Errors are [`Error::Rejected`] naming the spectrum and the reason.
+pub fn prepare(spectrum: &Spectrum, cfg: &PrepareConfig) -> Result<PreparedSpectrum> {
+    let reject = |reason| Error::Rejected {
+        id: spectrum.id.clone(),
+        origin: Box::new(spectrum.source.clone()),
+        reason,
+    };
+    if let Err((field, problem)) = spectrum.validate() {
+        return Err(reject(RejectReason::Malformed { field, problem }));
+    }
+    if spectrum.len() >= PAD_PIXEL as usize {
+        return Err(reject(RejectReason::Malformed {
+            field: "wavelength",
+            problem: format!("{} pixels is too many", spectrum.len()),
+        }));
+    }
+    let valid = cfg.mask.valid_pixels(spectrum);
+    let valid_pixels = valid.iter().filter(|v| **v).count();
+    if valid_pixels == 0 {
+        return Err(reject(RejectReason::NoValidPixels));
+    }
+    let (scale, scale_rule) = robust_scale(&spectrum.flux, &valid, cfg.min_median_fraction)
+        .ok_or_else(|| reject(RejectReason::NoPositiveScale))?;
+
+    let p = cfg.patch_size;
+    let runs = runs(spectrum, cfg.gap_factor, cfg.gap_window);
+    let n_patches: usize = runs.iter().map(|(a, b)| (b - a).div_ceil(p)).sum();
+    let n = n_patches * p;
+    let mut out = PreparedSpectrum {
+        id: spectrum.id.clone(),
+        survey: spectrum.survey,
+        source: spectrum.source.clone(),
+        medium: spectrum.medium,
+        labels: spectrum.labels.clone(),
+        patch_size: p,
+        scale,
+        log_scale: scale.log10() as f32,
+        scale_rule,
+        flux: vec![0.0; n],
+        sigma: vec![0.0; n],
+        wavelength: vec![0.0; n],
+        weight: vec![0.0; n],
+        pixel_index: vec![PAD_PIXEL; n],
+        patch_state: Vec::with_capacity(n_patches),
+        patch_center: Vec::with_capacity(n_patches),
+        valid_pixels,
+    };
+    let scale2 = scale * scale;
+    let max_w = cfg.max_weight as f64;
+    let mut slot = 0;
+    for (a, b) in runs {
+        let mut start = a;
+        while start < b {
+            let end = (start + p).min(b);
+            let row = slot..slot + p;
+            let mut n_ok = 0;
+            for (k, i) in (start..end).enumerate() {
+                let s = slot + k;
+                out.wavelength[s] = spectrum.wavelength[i];
+                out.pixel_index[s] = i as u32;
+                if !valid[i] {
+                    continue;
+                }
+                n_ok += 1;
+                let f = spectrum.flux[i] as f64 / scale;
+                let ivn = spectrum.ivar[i] as f64 * scale2;
+                let sigma = 1.0 / ivn.sqrt();
+                let w = match cfg.transform {
+                    Transform::None => ivn,
+                    Transform::Arcsinh => ivn * (1.0 + f * f),
+                };
+                out.flux[s] = finite_f32(cfg.transform.apply(f));
+                out.sigma[s] = finite_f32(cfg.transform.apply(sigma));
+                out.weight[s] = w.min(max_w) as f32;
+            }
+            let last = spectrum.wavelength[end - 1];
+            for s in slot + (end - start)..slot + p {
+                out.wavelength[s] = last;
+            }
+            // Tail padding counts as invalid: valid iff at most half invalid.
+            let state = if 2 * (p - n_ok) <= p {
+                PatchState::Valid
+            } else {
+                PatchState::Invalid
+            };
+            if state == PatchState::Invalid {
+                out.weight[row].fill(0.0);
+            }
+            out.patch_state.push(state);
+            out.patch_center
+                .push(0.5 * (spectrum.wavelength[start] + last));
+            slot += p;
+            start = end;
+        }
+    }
+    let n_valid = out.n_valid_patches();
+    if n_valid < cfg.min_valid_patches {
+        return Err(reject(RejectReason::TooFewValidPatches {
+            valid: n_valid,
+            required: cfg.min_valid_patches,
+        }));
+    }
+    Ok(out)
+}

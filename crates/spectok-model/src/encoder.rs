@@ -1,0 +1,150 @@
+//! The tokenizer's encoder: patch embedding, scale token and pre-LN
+//! transformer blocks with a key mask.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::config::Config;
+use crate::layers::{dropout, linear, Attention, LayerNorm, Mlp};
+
+/// Embeds each patch to width `D`: a linear map of its pixel signal
+/// `[flux ×P, σ ×P, valid ×P]` (the valid indicator tells a zeroed bad
+/// pixel from a true zero), plus linear maps of its pooled wavelength
+/// encoding and its per-pixel offset encoding (see
+/// [`crate::WavelengthEncoding`]). There is no index position embedding:
+/// wavelength is the only position, so a spectrum's tokens do not depend on
+/// where its patches sit in the batch.
+#[derive(Clone, Debug)]
+pub struct PatchEmbedding {
+    signal: Linear,
+    wavelength: Linear,
+    offsets: Linear,
+}
+
+impl PatchEmbedding {
+    /// Weights at `vb/signal` (with bias), `vb/wavelength`, `vb/offsets`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let p = cfg.patch_size;
+        let d = cfg.d_model;
+        Ok(PatchEmbedding {
+            signal: linear(3 * p, d, true, vb.pp("signal"))?,
+            wavelength: linear(cfg.wavelength_dim(), d, false, vb.pp("wavelength"))?,
+            offsets: linear(p * cfg.offset_dim(), d, false, vb.pp("offsets"))?,
+        })
+    }
+
+    /// `signal (B, T, 3P)`, `pooled (B, T, 2F)`, `offsets (B, T, P·2K)` →
+    /// `(B, T, D)`.
+    pub fn forward(&self, signal: &Tensor, pooled: &Tensor, offsets: &Tensor) -> Result<Tensor> {
+        signal.apply(&self.signal)?
+            + pooled.apply(&self.wavelength)?
+            + offsets.apply(&self.offsets)?
+    }
+}
+
+/// The scale token: a learned affine map of `log10(scale)` to width `D`,
+/// prepended to every spectrum's patch sequence and always attendable, so
+/// absolute flux can be restored and no spectrum has an empty key set.
+#[derive(Clone, Debug)]
+pub struct ScaleEmbedding {
+    proj: Linear,
+}
+
+impl ScaleEmbedding {
+    /// Weights at `vb/proj`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(ScaleEmbedding {
+            proj: linear(1, cfg.d_model, true, vb.pp("proj"))?,
+        })
+    }
+
+    /// `log_scale (B, 1)` → `(B, 1, D)`.
+    pub fn forward(&self, log_scale: &Tensor) -> Result<Tensor> {
+        log_scale.apply(&self.proj)?.unsqueeze(1)
+    }
+}
+
+/// Pre-LayerNorm transformer block: `x + attn(LN(x))`, then `x + mlp(LN(x))`,
+/// with dropout on both branches in training mode.
+#[derive(Clone, Debug)]
+pub struct EncoderBlock {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    dropout: f32,
+}
+
+impl EncoderBlock {
+    /// Weights at `vb/norm1`, `vb/attn`, `vb/norm2`, `vb/mlp`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        Ok(EncoderBlock {
+            norm1: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("norm1"))?,
+            attn: Attention::new(cfg, vb.pp("attn"))?,
+            norm2: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("norm2"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            dropout: cfg.dropout,
+        })
+    }
+
+    /// `xs (B, S, D)`, `key_mask (B, S)` u8 → `(B, S, D)`.
+    pub fn forward(&self, xs: &Tensor, key_mask: &Tensor, train: bool) -> Result<Tensor> {
+        let h = xs.apply(&self.norm1)?;
+        let h = self.attn.forward(&h, &h, key_mask, train)?;
+        let xs = (xs + dropout(&h, self.dropout, train)?)?;
+        let h = xs.apply(&self.norm2)?.apply(&self.mlp)?;
+        xs + dropout(&h, self.dropout, train)?
+    }
+}
+
+/// The encoder: embeddings, `encoder_layers` [`EncoderBlock`]s and a final
+/// LayerNorm. Its sequence is `[scale token, patch 0, …, patch T−1]`.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    patch_embed: PatchEmbedding,
+    scale_embed: ScaleEmbedding,
+    blocks: Vec<EncoderBlock>,
+    norm: LayerNorm,
+    dropout: f32,
+}
+
+impl Encoder {
+    /// Weights at `vb/patch_embed`, `vb/scale_embed`, `vb/blocks/{i}`,
+    /// `vb/norm`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let blocks = (0..cfg.encoder_layers)
+            .map(|i| EncoderBlock::new(cfg, vb.pp("blocks").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Encoder {
+            patch_embed: PatchEmbedding::new(cfg, vb.pp("patch_embed"))?,
+            scale_embed: ScaleEmbedding::new(cfg, vb.pp("scale_embed"))?,
+            blocks,
+            norm: LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("norm"))?,
+            dropout: cfg.dropout,
+        })
+    }
+
+    /// Runs the encoder. `signal`, `pooled`, `offsets` as in
+    /// [`PatchEmbedding::forward`]; `log_scale (B, 1)`; `key_mask (B, 1+T)`
+    /// u8 with the scale token's column set. Returns `(B, 1+T, D)`; rows of
+    /// masked patches are computed but never read by a valid row.
+    pub fn forward(
+        &self,
+        signal: &Tensor,
+        pooled: &Tensor,
+        offsets: &Tensor,
+        log_scale: &Tensor,
+        key_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let patches = self.patch_embed.forward(signal, pooled, offsets)?;
+        let scale = self.scale_embed.forward(log_scale)?;
+        let mut xs = Tensor::cat(&[&scale, &patches], 1)?;
+        xs = dropout(&xs, self.dropout, train)?;
+        for block in &self.blocks {
+            xs = block.forward(&xs, key_mask, train)?;
+        }
+        xs.apply(&self.norm)
+    }
+}

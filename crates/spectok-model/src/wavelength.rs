@@ -1,0 +1,363 @@
+//! Continuous wavelength encoding, computed on the host in f64.
+//!
+//! The encoding has no parameters. For each patch it yields two feature
+//! blocks, which learned linear maps (in [`crate::PatchEmbedding`] and
+//! [`crate::QueryEmbedding`]) take to the model width:
+//!
+//! - **pooled absolute encoding** (`2 · wavelength_freqs` features): for
+//!   periods `p_k` log-spaced from `min_period` to `max_period`, the mean
+//!   over the patch's present pixels of `[sin(2πλ/p_k) …, cos(2πλ/p_k) …]`
+//!   (all sines first, then all cosines);
+//! - **per-pixel offsets** (`P · 2 · offset_freqs` features): for pixel `j`
+//!   with offset `δ_j = λ_j − λ_c` from the patch centre `λ_c` (mean of the
+//!   present wavelengths) and periods `q_k` log-spaced from
+//!   `offset_min_period` to `offset_max_period`, `[sin(2πδ_j/q_k) …,
+//!   cos(2πδ_j/q_k) …]`, pixel after pixel; zeros for absent pixels.
+//!
+//! Phases are computed in f64 (λ up to 17000 Å against periods of 0.1 Å
+//! needs it) and the features are cast to f32 at the end.
+//!
+//! **Present pixels.** Pixel `j` of a patch is present when its wavelength
+//! is finite, positive and larger than the last present wavelength of the
+//! patch. This drops the tail padding of a short patch (which repeats the
+//! last real wavelength) and batch-padding slots (wavelength 0), so neither
+//! changes a patch's features. Invalid pixels (bad flux) still count: the
+//! encoding describes where the patch lies, not which pixels are good.
+
+use std::f64::consts::TAU;
+
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+use spectok_data::Batch;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// Wavelengths of a set of patches to encode or decode onto:
+/// `[batch_size][n_patches][patch_size]`, row-major, Å.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WavelengthGrid {
+    pub batch_size: usize,
+    pub n_patches: usize,
+    pub patch_size: usize,
+    pub wavelength: Vec<f64>,
+}
+
+impl WavelengthGrid {
+    /// A grid from its parts; the length of `wavelength` must be
+    /// `batch_size · n_patches · patch_size`.
+    pub fn new(
+        batch_size: usize,
+        n_patches: usize,
+        patch_size: usize,
+        wavelength: Vec<f64>,
+    ) -> Result<Self> {
+        let want = batch_size * n_patches * patch_size;
+        if wavelength.len() != want {
+            return Err(Error::batch(
+                "wavelength",
+                format!(
+                    "{} values for {batch_size} × {n_patches} × {patch_size} = {want}",
+                    wavelength.len()
+                ),
+            ));
+        }
+        Ok(WavelengthGrid {
+            batch_size,
+            n_patches,
+            patch_size,
+            wavelength,
+        })
+    }
+
+    /// The input grid of a batch: decoding onto it is the training case.
+    pub fn from_batch(batch: &Batch) -> Self {
+        WavelengthGrid {
+            batch_size: batch.batch_size,
+            n_patches: batch.max_patches,
+            patch_size: batch.patch_size,
+            wavelength: batch.wavelength.clone(),
+        }
+    }
+
+    /// Cuts one increasing wavelength array per spectrum into patches of
+    /// `patch_size` consecutive pixels (pixel `i` lands in patch
+    /// `i / patch_size`, slot `i % patch_size`); a short tail patch repeats
+    /// its last wavelength and shorter spectra are padded with all-zero
+    /// patches. Use it to decode onto another survey's grid.
+    pub fn from_spectra<W: AsRef<[f64]>>(spectra: &[W], patch_size: usize) -> Result<Self> {
+        if patch_size == 0 {
+            return Err(Error::batch("patch_size", "must be at least 1"));
+        }
+        let n_patches = spectra
+            .iter()
+            .map(|w| w.as_ref().len().div_ceil(patch_size))
+            .max()
+            .unwrap_or(0);
+        let row = n_patches * patch_size;
+        let mut wavelength = vec![0.0; spectra.len() * row];
+        for (b, w) in spectra.iter().enumerate() {
+            let w = w.as_ref();
+            let out = &mut wavelength[b * row..(b + 1) * row];
+            out[..w.len()].copy_from_slice(w);
+            if let Some(&last) = w.last() {
+                let end = w.len().div_ceil(patch_size) * patch_size;
+                out[w.len()..end].fill(last);
+            }
+        }
+        WavelengthGrid::new(spectra.len(), n_patches, patch_size, wavelength)
+    }
+}
+
+/// Host-side features of a set of patches (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PatchFeatures {
+    /// `[n][2 · wavelength_freqs]` pooled absolute encodings.
+    pub pooled: Vec<f32>,
+    /// `[n][P · 2 · offset_freqs]` per-pixel offset encodings.
+    pub offsets: Vec<f32>,
+    /// `[n][P]` whether each pixel is present.
+    pub present: Vec<bool>,
+}
+
+/// The sinusoidal wavelength encoding (no parameters).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WavelengthEncoding {
+    periods: Vec<f64>,
+    offset_periods: Vec<f64>,
+    patch_size: usize,
+}
+
+/// `n` periods log-spaced from `lo` to `hi` (just `lo` when `n == 1`).
+fn log_spaced(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    if n == 1 {
+        return vec![lo];
+    }
+    let ratio = hi / lo;
+    (0..n)
+        .map(|k| lo * ratio.powf(k as f64 / (n - 1) as f64))
+        .collect()
+}
+
+impl WavelengthEncoding {
+    /// The encoding a config describes.
+    pub fn new(cfg: &Config) -> Self {
+        WavelengthEncoding {
+            periods: log_spaced(cfg.min_period, cfg.max_period, cfg.wavelength_freqs),
+            offset_periods: log_spaced(
+                cfg.offset_min_period,
+                cfg.offset_max_period,
+                cfg.offset_freqs,
+            ),
+            patch_size: cfg.patch_size,
+        }
+    }
+
+    /// Periods of the absolute encoding, Å, shortest first.
+    pub fn periods(&self) -> &[f64] {
+        &self.periods
+    }
+
+    /// Periods of the offset encoding, Å, shortest first.
+    pub fn offset_periods(&self) -> &[f64] {
+        &self.offset_periods
+    }
+
+    /// Features of the absolute encoding.
+    pub fn dim(&self) -> usize {
+        2 * self.periods.len()
+    }
+
+    /// Offset features per patch (all its pixels).
+    pub fn offsets_dim(&self) -> usize {
+        2 * self.offset_periods.len() * self.patch_size
+    }
+
+    /// Features of every patch of `wavelength` (`[n][patch_size]`),
+    /// computed in parallel over patches (the result does not depend on
+    /// the thread count).
+    pub fn features(&self, wavelength: &[f64]) -> PatchFeatures {
+        let p = self.patch_size;
+        let n = wavelength.len() / p;
+        let e = self.dim();
+        let o = 2 * self.offset_periods.len() * p;
+        let mut pooled = vec![0f32; n * e];
+        let mut offsets = vec![0f32; n * o];
+        let mut present = vec![false; n * p];
+        pooled
+            .par_chunks_mut(e)
+            .zip(offsets.par_chunks_mut(o))
+            .zip(present.par_chunks_mut(p))
+            .zip(wavelength.par_chunks_exact(p))
+            .with_min_len(16)
+            .for_each(|(((pooled, offsets), present), patch)| {
+                self.patch_features(patch, pooled, offsets, present)
+            });
+        PatchFeatures {
+            pooled,
+            offsets,
+            present,
+        }
+    }
+
+    /// Features of one patch into zeroed output slices.
+    fn patch_features(
+        &self,
+        patch: &[f64],
+        pooled: &mut [f32],
+        offsets: &mut [f32],
+        present: &mut [bool],
+    ) {
+        let mut last = 0.0f64;
+        let mut count = 0usize;
+        let mut sum_w = 0.0f64;
+        for (&w, here) in patch.iter().zip(present.iter_mut()) {
+            if w.is_finite() && w > 0.0 && w > last {
+                *here = true;
+                last = w;
+                count += 1;
+                sum_w += w;
+            }
+        }
+        if count == 0 {
+            return;
+        }
+        let half = self.periods.len();
+        let mut acc = vec![0f64; 2 * half];
+        for (&w, _) in patch.iter().zip(present.iter()).filter(|(_, &h)| h) {
+            for (k, &period) in self.periods.iter().enumerate() {
+                let (s, c) = (TAU * w / period).sin_cos();
+                acc[k] += s;
+                acc[half + k] += c;
+            }
+        }
+        for (o, a) in pooled.iter_mut().zip(&acc) {
+            *o = (a / count as f64) as f32;
+        }
+        let centre = sum_w / count as f64;
+        let kf = self.offset_periods.len();
+        for ((&w, &h), px) in patch
+            .iter()
+            .zip(present.iter())
+            .zip(offsets.chunks_exact_mut(2 * kf))
+        {
+            if !h {
+                continue;
+            }
+            for (k, &period) in self.offset_periods.iter().enumerate() {
+                let (s, c) = (TAU * (w - centre) / period).sin_cos();
+                px[k] = s as f32;
+                px[kf + k] = c as f32;
+            }
+        }
+    }
+
+    /// Encodes a grid as tensors: pooled `(B, T, 2·wavelength_freqs)` and
+    /// offsets `(B, T, P·2·offset_freqs)`, in `dtype` on `device`.
+    pub fn forward(
+        &self,
+        grid: &WavelengthGrid,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
+        if grid.patch_size != self.patch_size {
+            return Err(Error::batch(
+                "patch_size",
+                format!(
+                    "grid has {} pixels per patch, model {}",
+                    grid.patch_size, self.patch_size
+                ),
+            ));
+        }
+        let f = self.features(&grid.wavelength);
+        let (b, t) = (grid.batch_size, grid.n_patches);
+        let pooled = Tensor::from_vec(f.pooled, (b, t, self.dim()), device)?.to_dtype(dtype)?;
+        let offsets =
+            Tensor::from_vec(f.offsets, (b, t, self.offsets_dim()), device)?.to_dtype(dtype)?;
+        Ok((pooled, offsets))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(p: usize) -> WavelengthEncoding {
+        WavelengthEncoding::new(&Config {
+            patch_size: p,
+            wavelength_freqs: 6,
+            offset_freqs: 3,
+            ..Config::demo()
+        })
+    }
+
+    #[test]
+    fn periods_are_log_spaced_between_the_bounds() {
+        let e = enc(4);
+        let p = e.periods();
+        assert_eq!(p.len(), 6);
+        assert!((p[0] - 0.1).abs() < 1e-12 && (p[5] - 1e5).abs() < 1e-6);
+        let r = p[1] / p[0];
+        assert!(p.windows(2).all(|w| (w[1] / w[0] - r).abs() < 1e-9));
+        assert_eq!(log_spaced(2.0, 5.0, 1), vec![2.0]);
+    }
+
+    #[test]
+    fn pooling_counts_present_pixels_only() {
+        let e = enc(5);
+        // Tail patch: 3 real pixels, padding repeats the last wavelength.
+        let padded = [16999.8, 16999.95, 17000.3, 17000.3, 17000.3];
+        let f = e.features(&padded);
+        assert_eq!(f.present, vec![true, true, true, false, false]);
+        for (k, &period) in e.periods().iter().enumerate() {
+            let mean_sin: f64 = padded[..3]
+                .iter()
+                .map(|w| (TAU * w / period).sin())
+                .sum::<f64>()
+                / 3.0;
+            assert_eq!(f.pooled[k], mean_sin as f32, "period {period}");
+        }
+        // Absent pixels have zero offsets; padding slots have no features.
+        let kf = e.offset_periods().len();
+        assert!(f.offsets[3 * 2 * kf..].iter().all(|&v| v == 0.0));
+        let empty = e.features(&[0.0; 5]);
+        assert!(empty.pooled.iter().chain(&empty.offsets).all(|&v| v == 0.0));
+        assert!(empty.present.iter().all(|p| !p));
+    }
+
+    #[test]
+    fn phases_keep_f64_precision_at_long_wavelengths() {
+        // Two GALAH-like pixels 0.05 Å apart at 17000 Å: the 0.1 Å sinusoid
+        // is in opposite phase, exactly as f64 arithmetic says.
+        let e = enc(1);
+        let a = e.features(&[16999.85]).pooled[0];
+        let b = e.features(&[16999.90]).pooled[0];
+        assert_eq!(a, (TAU * 16999.85 / 0.1).sin() as f32);
+        assert_eq!(b, (TAU * 16999.90 / 0.1).sin() as f32);
+        assert!((a + b).abs() < 1e-6, "{a} {b}");
+    }
+
+    #[test]
+    fn offsets_are_relative_to_the_patch_centre() {
+        let e = enc(3);
+        let f = e.features(&[5000.0, 5001.0, 5002.0]);
+        let kf = e.offset_periods().len();
+        // Middle pixel sits on the centre: sin 0, cos 1.
+        let mid = &f.offsets[2 * kf..4 * kf];
+        assert!(mid[..kf].iter().all(|&v| v == 0.0));
+        assert!(mid[kf..].iter().all(|&v| v == 1.0));
+        // Shifting the whole patch leaves offsets unchanged.
+        let g = e.features(&[6000.0, 6001.0, 6002.0]);
+        assert_eq!(f.offsets, g.offsets);
+        assert_ne!(f.pooled, g.pooled);
+    }
+
+    #[test]
+    fn grids_from_spectra_pad_like_batches() {
+        let g = WavelengthGrid::from_spectra(&[vec![1.0, 2.0, 3.0], vec![4.0]], 2).unwrap();
+        assert_eq!((g.batch_size, g.n_patches, g.patch_size), (2, 2, 2));
+        assert_eq!(g.wavelength, vec![1.0, 2.0, 3.0, 3.0, 4.0, 4.0, 0.0, 0.0]);
+        assert!(WavelengthGrid::new(1, 2, 2, vec![0.0; 3]).is_err());
+        assert!(WavelengthGrid::from_spectra(&[vec![1.0]], 0).is_err());
+    }
+}

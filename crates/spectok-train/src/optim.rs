@@ -1,0 +1,287 @@
+//! AdamW with decoupled weight decay and global-norm gradient clipping,
+//! over candle [`Var`]s, with its moments saved to and restored from
+//! safetensors (candle-nn's own AdamW keeps them private, so a run using it
+//! could not resume exactly).
+//!
+//! One update with learning rate `lr`, gradient `g` (after clipping), and
+//! step count `t` (1 for the first update), as in PyTorch's `AdamW`:
+//!
+//! ```text
+//! θ ← θ · (1 − lr · λ)                (decayed parameters only)
+//! m ← β₁ m + (1 − β₁) g
+//! v ← β₂ v + (1 − β₂) g²
+//! θ ← θ − lr · (m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε)
+//! ```
+//!
+//! Which parameters decay: those of rank ≥ 2 (linear weight matrices).
+//! Biases and LayerNorm gains and shifts (rank 1) do not: shrinking them
+//! toward zero has no regularising meaning and degrades normalisation.
+//!
+//! Clipping: when `grad_clip > 0` and the global L2 norm of all gradients
+//! exceeds it, every gradient is scaled by `grad_clip / norm`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// AdamW settings (the `optim` section of the config).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Peak learning rate (paper: 1e-4); the schedule scales it.
+    pub lr: f64,
+    /// Moment decay rates `[β₁, β₂]` (default `[0.9, 0.999]`).
+    pub betas: [f64; 2],
+    /// Denominator epsilon (default 1e-8).
+    pub eps: f64,
+    /// Decoupled weight decay λ (default 0.01, PyTorch's default; the paper
+    /// does not give one).
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; 0 disables clipping (default 1.0).
+    pub grad_clip: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr: 1e-4,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.01,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+/// What one call of [`AdamW::step`] did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Global L2 norm of the gradients before clipping.
+    pub grad_norm: f64,
+    /// Factor the gradients were multiplied by (1 when not clipped).
+    pub clip_scale: f64,
+    /// False when the norm was not finite: then no parameter and no moment
+    /// was changed.
+    pub applied: bool,
+}
+
+struct Param {
+    name: String,
+    var: Var,
+    decay: bool,
+    m: Tensor,
+    v: Tensor,
+}
+
+/// The optimiser: one `(m, v)` pair per named parameter.
+pub struct AdamW {
+    params: Vec<Param>,
+    cfg: OptimConfig,
+    /// Updates applied so far.
+    step: u64,
+}
+
+/// Key of the step counter in the saved state.
+const STEP_KEY: &str = "adamw.step";
+
+impl AdamW {
+    /// An optimiser over `params` (name, variable), with zero moments.
+    /// Parameters are kept sorted by name so updates and saved state do not
+    /// depend on the order given.
+    pub fn new(params: Vec<(String, Var)>, cfg: OptimConfig) -> Result<Self> {
+        let mut params = params
+            .into_iter()
+            .map(|(name, var)| {
+                let m = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                let v = m.clone();
+                let decay = var.rank() >= 2;
+                Ok(Param {
+                    name,
+                    var,
+                    decay,
+                    m,
+                    v,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        params.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(AdamW {
+            params,
+            cfg,
+            step: 0,
+        })
+    }
+
+    /// Updates applied so far.
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// Names of the parameters that get weight decay.
+    pub fn decayed(&self) -> Vec<&str> {
+        self.params
+            .iter()
+            .filter(|p| p.decay)
+            .map(|p| p.name.as_str())
+            .collect()
+    }
+
+    /// Global L2 norm of the gradients of this optimiser's parameters.
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut sums = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            if let Some(g) = grads.get(p.var.as_tensor()) {
+                sums.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?);
+            }
+        }
+        if sums.is_empty() {
+            return Ok(0.0);
+        }
+        let total = Tensor::stack(&sums, 0)?.sum_all()?.to_scalar::<f32>()?;
+        Ok((total as f64).sqrt())
+    }
+
+    /// Clips the gradients and applies one update with learning rate `lr`.
+    /// Parameters without a gradient are left alone. A non-finite gradient
+    /// norm changes nothing and is reported with `applied: false`.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<StepStats> {
+        let grad_norm = self.grad_norm(grads)?;
+        if !grad_norm.is_finite() {
+            return Ok(StepStats {
+                grad_norm,
+                clip_scale: 1.0,
+                applied: false,
+            });
+        }
+        let clip_scale = if self.cfg.grad_clip > 0.0 && grad_norm > self.cfg.grad_clip {
+            self.cfg.grad_clip / grad_norm
+        } else {
+            1.0
+        };
+        self.step += 1;
+        let t = self.step as i32;
+        let [b1, b2] = self.cfg.betas;
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        let wd = self.cfg.weight_decay;
+        for p in &mut self.params {
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            let g = g.to_dtype(DType::F32)?;
+            let g = if clip_scale != 1.0 {
+                g.affine(clip_scale, 0.0)?
+            } else {
+                g
+            };
+            p.m = (p.m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
+            p.v = (p.v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
+            let m_hat = p.m.affine(1.0 / bc1, 0.0)?;
+            let denom = p.v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, self.cfg.eps)?;
+            let update = (m_hat / denom)?;
+            let theta = p.var.as_tensor().to_dtype(DType::F32)?;
+            let theta = if p.decay && wd != 0.0 {
+                theta.affine(1.0 - lr * wd, 0.0)?
+            } else {
+                theta
+            };
+            let theta = (theta - update.affine(lr, 0.0)?)?;
+            p.var.set(&theta.to_dtype(p.var.dtype())?)?;
+        }
+        Ok(StepStats {
+            grad_norm,
+            clip_scale,
+            applied: true,
+        })
+    }
+
+    /// The moments and step counter as named tensors: `m.<param>`,
+    /// `v.<param>` and `adamw.step`.
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for p in &self.params {
+            out.insert(format!("m.{}", p.name), p.m.clone());
+            out.insert(format!("v.{}", p.name), p.v.clone());
+        }
+        let device = self
+            .params
+            .first()
+            .map(|p| p.var.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
+        out.insert(
+            STEP_KEY.to_string(),
+            Tensor::new(&[self.step as i64], &device)?,
+        );
+        Ok(out)
+    }
+
+    /// Writes [`AdamW::state_tensors`] to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        candle_core::safetensors::save(&self.state_tensors()?, path)
+            .map_err(|e| Error::file(path, e))
+    }
+
+    /// Restores moments and step counter from a file written by
+    /// [`AdamW::save`]. Every parameter must have both moments with its
+    /// shape, and the file must hold nothing else.
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let device = self
+            .params
+            .first()
+            .map(|p| p.var.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
+        let mut tensors =
+            candle_core::safetensors::load(path, &device).map_err(|e| Error::file(path, e))?;
+        let step = tensors
+            .remove(STEP_KEY)
+            .ok_or_else(|| Error::checkpoint(path, format!("tensor `{STEP_KEY}` missing")))?;
+        let step = step
+            .to_dtype(DType::I64)?
+            .flatten_all()?
+            .to_vec1::<i64>()?
+            .first()
+            .copied()
+            .filter(|s| *s >= 0)
+            .ok_or_else(|| Error::checkpoint(path, format!("tensor `{STEP_KEY}` is empty or negative")))?;
+        let mut restored = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let mut take = |kind: &str| -> Result<Tensor> {
+                let key = format!("{kind}.{}", p.name);
+                let t = tensors
+                    .remove(&key)
+                    .ok_or_else(|| Error::checkpoint(path, format!("tensor `{key}` missing")))?;
+                if t.shape() != p.var.shape() {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!(
+                            "tensor `{key}` has shape {:?}, the parameter has {:?}",
+                            t.dims(),
+                            p.var.dims()
+                        ),
+                    ));
+                }
+                Ok(t.to_dtype(DType::F32)?)
+            };
+            let m = take("m")?;
+            let v = take("v")?;
+            restored.push((m, v));
+        }
+        if let Some(extra) = tensors.keys().min() {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor `{extra}` belongs to no parameter of this model"),
+            ));
+        }
+        for (p, (m, v)) in self.params.iter_mut().zip(restored) {
+            p.m = m;
+            p.v = v;
+        }
+        self.step = step as u64;
+        Ok(())
+    }
+}
