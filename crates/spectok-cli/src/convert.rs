@@ -69,10 +69,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         };
         for item in stream {
             match item {
-                Ok(s) => {
-                    writer.write(&s)?;
-                    n_ok += 1;
-                }
+                Ok(s) => match writer.write(&s) {
+                    Ok(()) => n_ok += 1,
+                    // The writer refused this spectrum but can go on.
+                    Err(e) if writer.is_open() => {
+                        bar.suspend(|| eprintln!("skipped: {e}"));
+                        n_skipped += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                },
                 Err(e) => {
                     bar.suspend(|| eprintln!("skipped: {e}"));
                     n_skipped += 1;

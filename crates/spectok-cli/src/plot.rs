@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
-use plotters::coord::Shift;
 use plotters::prelude::*;
 use spectok_train::{read_metrics, Example, Reconstructions, Record, METRICS_FILE, RECONSTRUCTIONS_FILE};
 
@@ -143,8 +142,6 @@ fn palette(i: usize) -> RGBColor {
     P[i % P.len()]
 }
 
-type Area = DrawingArea<BitMapBackend<'static>, Shift>;
-
 /// Training and per-survey validation loss against step. Returns false
 /// when there is nothing to draw.
 fn draw_losses(records: &[Record], path: &Path, text: bool) -> Result<bool> {
@@ -175,7 +172,7 @@ fn draw_losses(records: &[Record], path: &Path, text: bool) -> Result<bool> {
     let y_max = all.iter().map(|p| p.1).fold(0.0f64, f64::max);
     let (y_lo, y_hi) = (y_min / 1.5, (y_max * 1.5).max(y_min * 2.0));
 
-    let root: Area = BitMapBackend::new(path, (1200, 700)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1200, 700)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut builder = ChartBuilder::on(&root);
     builder.margin(20);
@@ -331,7 +328,7 @@ fn draw_example(ex: &Example, recon: &Reconstructions, path: &Path, text: bool) 
 
     let width = 1500u32;
     let height = 560u32;
-    let root: Area = BitMapBackend::new(path, (width, height)).into_drawing_area();
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let body = if text {
         let medium = ex.medium.name();

@@ -84,7 +84,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Lazily generated (includes generating each spectrum).
     let b = bench_loader(
-        vec![SourceSpec::new("synthetic", 1.0, Arc::new(syn(64, 64, 2000, 5000, 2)))],
+        vec![SourceSpec::new(
+            "synthetic",
+            1.0,
+            Arc::new(syn(64, 64, 2000, 5000, 2)),
+        )],
         base.clone(),
         usize::MAX,
     )?;
@@ -125,8 +129,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Real survey files (FITS, FITS.gz, MMU HDF5), re-read each epoch.
     if let Some(real) = &real {
         let mut sources = Vec::new();
-        for sub in ["sdss", "desi", "apogee", "galah", "lamost", "gaiaxp", "other", "mmu"] {
-            let (files, _problems) = FileSource::from_inputs(&[real.join(sub).to_string_lossy()], None);
+        for sub in [
+            "sdss", "desi", "apogee", "galah", "lamost", "gaiaxp", "other", "mmu",
+        ] {
+            let (files, _problems) =
+                FileSource::from_inputs(&[real.join(sub).to_string_lossy()], None);
             if files.n_units() > 0 {
                 sources.push(SourceSpec::new(sub, 1.0, Arc::new(files)));
             }
@@ -142,7 +149,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             usize::MAX,
         )?;
         report("real files (8 families, weights 1), B=16, 5 epochs", &b);
-        let sdss: Vec<SourceSpec> = sources.iter().filter(|s| s.name == "sdss").cloned().collect();
+        let sdss: Vec<SourceSpec> = sources
+            .iter()
+            .filter(|s| s.name == "sdss")
+            .cloned()
+            .collect();
         let b = bench_loader(
             sdss,
             LoaderConfig {
@@ -160,13 +171,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Mixed lengths: 2 000-pixel and 30 000-pixel spectra.
     let mixed = || {
         vec![
-            SourceSpec::new("short", 3.0, Arc::new(syn(32, 32, 1800, 2200, 4)) as Arc<dyn SpectrumSource>),
+            SourceSpec::new(
+                "short",
+                3.0,
+                Arc::new(syn(32, 32, 1800, 2200, 4)) as Arc<dyn SpectrumSource>,
+            ),
             SourceSpec::new("long", 1.0, Arc::new(syn(8, 32, 28000, 32000, 5))),
         ]
     };
     for (name, batch, bucketing) in [
-        ("mixed 2k/30k px, B=32, no bucketing", BatchSize::Fixed { spectra: 32 }, false),
-        ("mixed 2k/30k px, B=32, bucketing", BatchSize::Fixed { spectra: 32 }, true),
+        (
+            "mixed 2k/30k px, B=32, no bucketing",
+            BatchSize::Fixed { spectra: 32 },
+            false,
+        ),
+        (
+            "mixed 2k/30k px, B=32, bucketing",
+            BatchSize::Fixed { spectra: 32 },
+            true,
+        ),
         (
             "mixed 2k/30k px, ≤16384 tokens, no bucketing",
             BatchSize::Tokens {

@@ -21,14 +21,19 @@
 //!
 //! # Epochs and mixing
 //!
-//! With `shuffle`, a source's weight is the rate at which it is drawn;
-//! each source cycles through its units endlessly, reshuffled every pass,
-//! and an epoch ends when every source has completed at least one full
-//! pass since the epoch began (an up-weighted small source repeats within
-//! an epoch; with one source an epoch is exactly one pass). A source whose
-//! pass yields no spectrum is dropped for the rest of the epoch. Without
-//! `shuffle`, sources are read one after the other in unit order, each
-//! spectrum exactly once per epoch (for embedding and evaluation).
+//! Each source is an endless stream of passes over its units, the unit
+//! order reshuffled every pass (with `shuffle`); reader threads live for
+//! the whole run, so epoch boundaries neither stall nor waste prefetched
+//! work. With `shuffle`, a source's weight is the rate at which it is
+//! drawn, and an epoch ends once every source has reached the end of a
+//! pass since the epoch began: with one source an epoch is exactly one
+//! pass; with several, the source slowest to finish (size / weight) is
+//! read about once and faster ones repeat. Without `shuffle`, sources are
+//! read one after the other in unit order, each spectrum exactly once per
+//! epoch (for embedding and evaluation). A source whose whole pass yields
+//! no spectrum is dropped; when none is left the loader ends. Batches
+//! never straddle an epoch boundary (the last pool of an epoch may give
+//! smaller batches).
 //!
 //! # Resuming
 //!
@@ -177,7 +182,7 @@ impl LoaderConfig {
 
     /// Hash of everything that decides the batch sequence (not the queue
     /// sizes or the epoch limit), with the sources' names, weights and
-    /// unit counts.
+    /// unit names.
     fn fingerprint(&self, sources: &[SourceSpec]) -> u64 {
         #[derive(Serialize)]
         struct Key<'a> {
@@ -190,7 +195,7 @@ impl LoaderConfig {
             readers_per_source: usize,
             split: &'a Option<SplitFilter>,
             pad_to_multiple: usize,
-            sources: Vec<(&'a str, f64, usize)>,
+            sources: Vec<(&'a str, f64, usize, u64)>,
         }
         let key = Key {
             prepare: &self.prepare,
@@ -204,7 +209,13 @@ impl LoaderConfig {
             pad_to_multiple: self.pad_to_multiple,
             sources: sources
                 .iter()
-                .map(|s| (s.name.as_str(), s.weight, s.source.n_units()))
+                .map(|s| {
+                    let n = s.source.n_units();
+                    let names = (0..n).fold(0u64, |h, u| {
+                        rng::mix64(h ^ rng::fnv1a64(s.source.unit_name(u).as_bytes()))
+                    });
+                    (s.name.as_str(), s.weight, n, names)
+                })
                 .collect(),
         };
         // Serialising plain data to a string cannot fail.
@@ -227,13 +238,13 @@ pub struct ReaderPos {
 /// Position of one source.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourcePos {
-    /// Pass number within the epoch.
+    /// Pass number since the start of the run.
     pub pass: u64,
     /// Good spectra taken from the current pass.
     pub good_in_pass: u64,
-    /// A full pass was completed in this epoch.
+    /// The end of a pass was reached in the current epoch.
     pub completed: bool,
-    /// The source is out of the mix for the rest of the epoch.
+    /// A whole pass yielded nothing: the source is out of the mix.
     pub dead: bool,
     /// Reader to take the next item from.
     pub rr: usize,
@@ -259,11 +270,11 @@ pub struct LoaderState {
 }
 
 impl LoaderState {
-    /// The state at the start of `epoch`.
-    fn epoch_start(fingerprint: u64, epoch: u64, readers: &[usize]) -> Self {
+    /// The state at the start of a run.
+    fn initial(fingerprint: u64, readers: &[usize]) -> Self {
         LoaderState {
             fingerprint,
-            epoch,
+            epoch: 0,
             chunk: 0,
             draws: 0,
             skip_batches: 0,
@@ -367,7 +378,7 @@ impl Loader {
     pub fn new(sources: Vec<SourceSpec>, cfg: LoaderConfig) -> Result<Loader> {
         let readers = check(&sources, &cfg)?;
         let fp = cfg.fingerprint(&sources);
-        Self::start(sources, cfg, LoaderState::epoch_start(fp, 0, &readers))
+        Self::start(sources, cfg, LoaderState::initial(fp, &readers))
     }
 
     /// A loader that continues from `state` (from [`Loader::state`] of a
@@ -501,14 +512,11 @@ enum Msg {
     PassEnd,
 }
 
-/// The unit order of a pass of source `s`.
-fn unit_order(cfg: &LoaderConfig, n_units: usize, epoch: u64, s: usize, pass: u64) -> Vec<usize> {
+/// The unit order of pass `pass` of source `s`.
+fn unit_order(cfg: &LoaderConfig, n_units: usize, s: usize, pass: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n_units).collect();
     if cfg.shuffle {
-        rng::shuffle(
-            &mut order,
-            rng::key(&[cfg.seed, TAG_UNITS, epoch, s as u64, pass]),
-        );
+        rng::shuffle(&mut order, rng::key(&[cfg.seed, TAG_UNITS, s as u64, pass]));
     }
     order
 }
@@ -518,7 +526,6 @@ fn unit_order(cfg: &LoaderConfig, n_units: usize, epoch: u64, s: usize, pass: u6
 fn reader(
     source: Arc<dyn SpectrumSource>,
     cfg: LoaderConfig,
-    epoch: u64,
     s: usize,
     r: usize,
     n_readers: usize,
@@ -529,16 +536,13 @@ fn reader(
 ) {
     let (mut slot, mut skip) = (start.slot as usize, start.offset);
     if start.done {
-        if !cfg.shuffle {
-            return;
-        }
         pass += 1;
         slot = 0;
         skip = 0;
     }
     let n_units = source.n_units();
     loop {
-        let order = unit_order(&cfg, n_units, epoch, s, pass);
+        let order = unit_order(&cfg, n_units, s, pass);
         let mine: Vec<usize> = order.into_iter().skip(r).step_by(n_readers).collect();
         for &unit in mine.iter().skip(slot) {
             if stop.load(Ordering::Relaxed) {
@@ -575,7 +579,7 @@ fn reader(
                 return;
             }
         }
-        if tx.send(Msg::PassEnd).is_err() || !cfg.shuffle {
+        if tx.send(Msg::PassEnd).is_err() {
             return;
         }
         pass += 1;
@@ -668,10 +672,10 @@ impl Mixer {
                     self.cfg.clone(),
                     Arc::clone(&self.stop),
                 );
-                let (epoch, pass, rp) = (st.epoch, pos.pass, rp.clone());
+                let (pass, rp) = (pos.pass, rp.clone());
                 let spawned = std::thread::Builder::new()
                     .name(format!("spectok-read-{s}-{r}"))
-                    .spawn(move || reader(source, cfg, epoch, s, r, n, pass, rp, tx, stop));
+                    .spawn(move || reader(source, cfg, s, r, n, pass, rp, tx, stop));
                 match spawned {
                     Ok(t) => m.threads.push(t),
                     Err(e) => lock(&self.stats).problem(format!(
@@ -721,14 +725,13 @@ impl Mixer {
                 Pull::Good(p) => return Some(p),
                 Pull::PassComplete => {
                     pos.completed = true;
-                    if pos.good_in_pass == 0 || !self.cfg.shuffle {
+                    if pos.good_in_pass == 0 {
+                        // Sources are deterministic: it never will.
                         pos.dead = true;
-                        if pos.good_in_pass == 0 {
-                            lock(&self.stats).problem(format!(
-                                "source {}: a pass yielded no usable spectrum",
-                                self.sources[s].name
-                            ));
-                        }
+                        lock(&self.stats).problem(format!(
+                            "source {}: a whole pass yielded no usable spectrum; dropped",
+                            self.sources[s].name
+                        ));
                     }
                     pos.pass += 1;
                     pos.good_in_pass = 0;
@@ -762,99 +765,102 @@ impl Mixer {
     }
 
     fn run(self, mut st: LoaderState) {
-        let readers: Vec<usize> = st.sources.iter().map(|s| s.readers.len()).collect();
+        if self.cfg.epochs.is_some_and(|e| st.epoch >= e) {
+            return;
+        }
+        let mut mergers = self.spawn_readers(&st);
         let mut delivered = st.batches_delivered;
+        let mut epoch_good = 0u64;
         loop {
-            if self.cfg.epochs.is_some_and(|e| st.epoch >= e) {
-                return;
-            }
-            let mut mergers = self.spawn_readers(&st);
-            let mut epoch_good = 0u64;
-            let keep_going = loop {
-                let snapshot = st.clone();
-                let mut pool = Vec::with_capacity(self.cfg.pool_size);
-                let mut epoch_end = false;
-                while pool.len() < self.cfg.pool_size {
-                    match self.draw(&mut mergers, &mut st) {
-                        Some(p) => pool.push(p),
-                        None => {
-                            epoch_end = true;
-                            break;
-                        }
-                    }
-                }
-                if self.stop.load(Ordering::Relaxed) {
-                    break false;
-                }
-                epoch_good += pool.len() as u64;
-                st.chunk += 1;
-                st.skip_batches = 0;
-                let next_epoch = LoaderState::epoch_start(st.fingerprint, st.epoch + 1, &readers);
-                let plan = self.plan(&pool, snapshot.epoch, snapshot.chunk);
-                let mut slots: Vec<Option<Box<PreparedSpectrum>>> =
-                    pool.into_iter().map(Some).collect();
-                let n_batches = plan.len();
-                let mut sent_ok = true;
-                for (j, idx) in plan.into_iter().enumerate() {
-                    let items: Vec<PreparedSpectrum> = idx
-                        .iter()
-                        .filter_map(|&i| slots[i].take())
-                        .map(|b| *b)
-                        .collect();
-                    if (j as u64) < snapshot.skip_batches {
-                        continue;
-                    }
-                    let longest = items.iter().map(|p| p.n_patches()).max().unwrap_or(0);
-                    let t = longest.div_ceil(self.cfg.pad_to_multiple) * self.cfg.pad_to_multiple;
-                    let batch = match try_collate(&items, t) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            lock(&self.stats).problem(e.to_string());
-                            continue;
-                        }
-                    };
-                    delivered += 1;
-                    let mut after = if j + 1 < n_batches {
-                        LoaderState {
-                            skip_batches: j as u64 + 1,
-                            ..snapshot.clone()
-                        }
-                    } else if epoch_end {
-                        next_epoch.clone()
-                    } else {
-                        st.clone()
-                    };
-                    after.batches_delivered = delivered;
-                    if self.stop.load(Ordering::Relaxed)
-                        || self.out.send(Delivery { batch, after }).is_err()
-                    {
-                        sent_ok = false;
+            let snapshot = st.clone();
+            let mut pool = Vec::with_capacity(self.cfg.pool_size);
+            let mut epoch_end = false;
+            while pool.len() < self.cfg.pool_size {
+                match self.draw(&mut mergers, &mut st) {
+                    Some(p) => pool.push(p),
+                    None => {
+                        epoch_end = true;
                         break;
                     }
                 }
-                if !sent_ok {
-                    break false;
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            epoch_good += pool.len() as u64;
+            st.chunk += 1;
+            st.skip_batches = 0;
+            if epoch_end {
+                st.epoch += 1;
+                st.chunk = 0;
+                st.draws = 0;
+                for p in st.sources.iter_mut() {
+                    p.completed = false;
                 }
-                if epoch_end {
-                    break true;
+            }
+            let plan = self.plan(&pool, snapshot.epoch, snapshot.chunk);
+            let mut slots: Vec<Option<Box<PreparedSpectrum>>> =
+                pool.into_iter().map(Some).collect();
+            let n_batches = plan.len();
+            let mut sent_ok = true;
+            for (j, idx) in plan.into_iter().enumerate() {
+                let items: Vec<PreparedSpectrum> = idx
+                    .iter()
+                    .filter_map(|&i| slots[i].take())
+                    .map(|b| *b)
+                    .collect();
+                if (j as u64) < snapshot.skip_batches {
+                    continue;
                 }
-            };
-            for m in mergers {
-                m.shutdown();
+                let longest = items.iter().map(|p| p.n_patches()).max().unwrap_or(0);
+                let t = longest.div_ceil(self.cfg.pad_to_multiple) * self.cfg.pad_to_multiple;
+                let batch = match try_collate(&items, t) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        lock(&self.stats).problem(e.to_string());
+                        continue;
+                    }
+                };
+                delivered += 1;
+                // After the pool's last batch, the state is the next pool's
+                // start (or the next epoch's); before, it is this pool's
+                // start with the delivered batches to skip.
+                let mut after = if j + 1 < n_batches {
+                    LoaderState {
+                        skip_batches: j as u64 + 1,
+                        ..snapshot.clone()
+                    }
+                } else {
+                    st.clone()
+                };
+                after.batches_delivered = delivered;
+                if self.stop.load(Ordering::Relaxed)
+                    || self.out.send(Delivery { batch, after }).is_err()
+                {
+                    sent_ok = false;
+                    break;
+                }
             }
-            if !keep_going {
-                return;
+            if !sent_ok {
+                break;
             }
-            lock(&self.stats).epochs_completed += 1;
-            if epoch_good == 0 {
-                lock(&self.stats).problem(format!(
-                    "epoch {} yielded no usable spectrum: stopping",
-                    st.epoch
-                ));
-                return;
+            if epoch_end {
+                lock(&self.stats).epochs_completed += 1;
+                if epoch_good == 0 {
+                    lock(&self.stats).problem(format!(
+                        "epoch {} yielded no usable spectrum: stopping",
+                        snapshot.epoch
+                    ));
+                    break;
+                }
+                epoch_good = 0;
+                if self.cfg.epochs.is_some_and(|e| st.epoch >= e) {
+                    break;
+                }
             }
-            st = LoaderState::epoch_start(st.fingerprint, st.epoch + 1, &readers);
-            st.batches_delivered = delivered;
+        }
+        for m in mergers {
+            m.shutdown();
         }
     }
 }

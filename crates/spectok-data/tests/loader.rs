@@ -77,6 +77,35 @@ fn one_source_epoch_is_exactly_one_pass() {
 }
 
 #[test]
+fn every_epoch_is_one_pass_in_a_new_order() {
+    let c = LoaderConfig {
+        epochs: Some(3),
+        ..cfg()
+    };
+    let got = drain(Loader::new(vec![spec("a", 1.0, syn(1, 7, 13, 1))], c).unwrap());
+    // Batches never straddle an epoch: the state's epoch counts them.
+    let mut per_epoch: Vec<Vec<String>> = vec![Vec::new(); 3];
+    let mut epoch = 0;
+    for (b, st) in &got {
+        per_epoch[epoch].extend(b.ids.clone());
+        epoch = st.epoch as usize;
+    }
+    assert_eq!(epoch, 3);
+    let sorted = |v: &Vec<String>| {
+        let mut v = v.clone();
+        v.sort();
+        v
+    };
+    for e in &per_epoch {
+        assert_eq!(e.len(), 91);
+        assert_eq!(sorted(e), sorted(&per_epoch[0]));
+        assert_eq!(e.iter().collect::<BTreeSet<_>>().len(), 91);
+    }
+    assert_ne!(per_epoch[0], per_epoch[1]);
+    assert_ne!(per_epoch[1], per_epoch[2]);
+}
+
+#[test]
 fn same_seed_same_batches_other_seed_other_order() {
     let run = |seed| {
         let c = LoaderConfig { seed, ..cfg() };

@@ -35,7 +35,10 @@ fn loader_reads_shards_and_resumes_inside_one() {
         let (files, problems) = FileSource::from_inputs(&[dir.path().to_string_lossy()], None);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(files.units().len(), 3);
-        assert!(files.units().iter().all(|u| u.format == Format::SpectokShard));
+        assert!(files
+            .units()
+            .iter()
+            .all(|u| u.format == Format::SpectokShard));
         vec![SourceSpec::new("shards", 1.0, Arc::new(files))]
     };
     let cfg = LoaderConfig {
@@ -58,7 +61,11 @@ fn loader_reads_shards_and_resumes_inside_one() {
     assert_eq!(seen.len(), 240);
     let first: BTreeSet<String> = seen[..120].iter().cloned().collect();
     assert_eq!(first, all, "epoch 1 is every spectrum once");
-    assert!(loader.stats().problems.is_empty(), "{:?}", loader.stats().problems);
+    assert!(
+        loader.stats().problems.is_empty(),
+        "{:?}",
+        loader.stats().problems
+    );
 
     // Resume after batch 4 (mid-pool, readers mid-shard) and after 16
     // (second epoch).

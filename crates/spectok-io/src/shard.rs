@@ -348,6 +348,13 @@ impl ShardWriter {
         self.totals.spectra == 0
     }
 
+    /// Whether the writer can still take spectra: false once appending to
+    /// the file has failed (the temporary file is then removed and every
+    /// later call fails). A refused spectrum does not close the writer.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// Adds one spectrum. A spectrum that breaks the [`Spectrum`]
     /// invariants, exceeds [`MAX_PIXELS`] or [`MAX_ENTRIES`], or has a NUL
     /// character in a string, a non-UTF-8 source path or a source row
@@ -457,7 +464,7 @@ impl ShardWriter {
                 b.has_lsf.push(1);
             }
             None => {
-                b.lsf_sigma.extend(std::iter::repeat(f32::NAN).take(n));
+                b.lsf_sigma.resize(b.lsf_sigma.len() + n, f32::NAN);
                 b.has_lsf.push(0);
             }
         }
@@ -1374,7 +1381,8 @@ impl Iterator for ShardStream {
             return None;
         }
         self.next += 1;
-        if !self.block.as_ref().is_some_and(|b| i < b.end()) {
+        let in_block = matches!(&self.block, Some(b) if i < b.end());
+        if !in_block {
             let len = READ_BLOCK.min(self.shard.n - i);
             // A block that cannot be read is retried spectrum by spectrum,
             // so that only the broken spectra fail.

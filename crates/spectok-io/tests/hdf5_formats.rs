@@ -47,7 +47,7 @@ impl Rng {
     /// subnormals, −0), an ordinary value otherwise.
     fn f32_any(&mut self) -> f32 {
         match self.below(6) {
-            0 | 1 | 2 => f32::from_bits(self.next() as u32),
+            0..=2 => f32::from_bits(self.next() as u32),
             3 => [f32::NAN, -0.0, f32::INFINITY, 0.0, f32::MIN_POSITIVE / 4.0]
                 [self.below(5) as usize],
             _ => (self.unit() * 200.0 - 50.0) as f32,
@@ -56,7 +56,7 @@ impl Rng {
 
     fn f64_any(&mut self) -> f64 {
         match self.below(4) {
-            0 | 1 => f64::from_bits(self.next()),
+            0..=1 => f64::from_bits(self.next()),
             2 => [f64::NAN, -0.0, f64::NEG_INFINITY, 5e-324][self.below(4) as usize],
             _ => self.unit() * 1e4 - 5e3,
         }
@@ -399,10 +399,11 @@ fn mmu_real_rows_equal_the_sdss_fits_they_came_from() {
         }
         // lsf_sigma: WDISP (pixels of 1e-4 dex) converted to Å.
         let lsf = s.lsf_sigma.as_ref().expect("lsf_sigma");
-        for k in 0..s.len() {
-            let want =
-                f64::from(c.wdisp[k]) * std::f64::consts::LN_10 * 1e-4 * 10f64.powf(c.loglam[k]);
-            let got = f64::from(lsf[k]);
+        for (k, (&sigma, (&wdisp, &loglam))) in
+            lsf.iter().zip(c.wdisp.iter().zip(&c.loglam)).enumerate()
+        {
+            let want = f64::from(wdisp) * std::f64::consts::LN_10 * 1e-4 * 10f64.powf(loglam);
+            let got = f64::from(sigma);
             assert!(
                 (got - want).abs() <= 2e-3 * want,
                 "{what}: lsf pixel {k}: {got} vs {want}"
@@ -812,7 +813,7 @@ fn shard_round_trip_is_bit_identical() {
     // Spectra without NaN compare equal with ==, too.
     let plain = simple_spectrum(0, 50);
     let p2 = dir.path().join("plain.h5");
-    write_shard(&p2, &[plain.clone()]);
+    write_shard(&p2, std::slice::from_ref(&plain));
     assert_eq!(read_all(&p2)[0].as_ref().expect("plain"), &plain);
 }
 
@@ -863,6 +864,7 @@ fn shard_writer_refuses_bad_spectra_and_goes_on() {
         Some("id")
     );
 
+    assert!(w.is_open(), "refusals leave the writer usable");
     w.write(&simple_spectrum(4, 3)).expect("good again");
     assert_eq!(w.finish().expect("finish"), 2);
     let ids: Vec<String> = read_all(&path)

@@ -321,7 +321,7 @@ fn sample_qso_z(rng: &mut ChaCha8Rng) -> f64 {
 /// Lyman-α forest absorbers per unit redshift at z (N_HI 10^12–10^17),
 /// `A (1+z)^2.92`, calibrated so the mean transmission follows
 /// Faucher-Giguère et al. (2008), τ_eff = 0.0018 (1+z)^3.92.
-const FOREST_A: f64 = 6.5;
+const FOREST_A: f64 = 28.0;
 const FOREST_GAMMA: f64 = 2.92;
 const LOG_N_MIN: f64 = 12.0;
 const LOG_N_MAX: f64 = 17.0;

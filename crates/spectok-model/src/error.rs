@@ -9,13 +9,17 @@ pub enum Error {
     /// A config field is out of range or the config JSON does not parse.
     #[error("config field `{field}`: {message}")]
     Config {
+        /// The field at fault (`json` when the text does not parse).
         field: &'static str,
+        /// What is wrong with it.
         message: String,
     },
     /// A batch (or target grid) is inconsistent with itself or the model.
     #[error("batch field `{field}`: {message}")]
     Batch {
+        /// The field at fault.
         field: &'static str,
+        /// What is wrong with it.
         message: String,
     },
     /// A tensor operation failed.
@@ -23,10 +27,20 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
     /// Reading or writing a checkpoint file failed.
     #[error("{path}: {message}")]
-    Checkpoint { path: PathBuf, message: String },
+    Checkpoint {
+        /// The file at fault.
+        path: PathBuf,
+        /// What went wrong (names the tensor for weight problems).
+        message: String,
+    },
     /// A device or dtype name cannot be used.
     #[error("device `{name}`: {message}")]
-    Device { name: String, message: String },
+    Device {
+        /// The name given.
+        name: String,
+        /// Why it cannot be used.
+        message: String,
+    },
 }
 
 /// The crate's result type.

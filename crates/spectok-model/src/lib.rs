@@ -63,12 +63,20 @@
 //!   and both residual branches, in training mode only.
 //!
 //! Weights are saved as `model.safetensors` with `config.json` beside it
-//! ([`Tokenizer::save`], [`Tokenizer::load`]). Device is CPU by default;
-//! the `cuda` feature enables [`device`]`("cuda:N")`, where bf16 is the
-//! default dtype.
+//! ([`Tokenizer::save`], [`Tokenizer::load`]); [`Tokenizer::init`] gives
+//! seed-reproducible initial weights. Device is CPU by default; the `cuda`
+//! feature enables [`device()`](fn@device) names `cuda` and `cuda:N`,
+//! where bf16 is the default dtype. [`forward_flops`] counts matmul FLOPs
+//! for MFU.
+//!
+//! `scripts/reference_model.py` is a PyTorch implementation of the same
+//! architecture that loads these checkpoints (same weight names) and
+//! reproduces the tokens exported by `examples/export_reference.rs`.
 //!
 //! Architecture invariants: the crate reads no survey file and knows no
 //! command line; CPU-only builds need no CUDA toolkit.
+
+#![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod config;

@@ -34,8 +34,11 @@ pub struct Encoded {
 /// `[batch_size][max_patches]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HiddenPatches {
+    /// Spectra in the batch.
     pub batch_size: usize,
+    /// Patch slots per spectrum.
     pub max_patches: usize,
+    /// `[batch_size][max_patches]`: true where the patch is hidden.
     pub hidden: Vec<bool>,
 }
 

@@ -37,9 +37,14 @@ use crate::error::{Error, Result};
 /// `[batch_size][n_patches][patch_size]`, row-major, Å.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WavelengthGrid {
+    /// Spectra.
     pub batch_size: usize,
+    /// Patches per spectrum.
     pub n_patches: usize,
+    /// Pixels per patch.
     pub patch_size: usize,
+    /// Wavelength of each pixel, Å; see the module docs for which pixels
+    /// count as present.
     pub wavelength: Vec<f64>,
 }
 

@@ -448,7 +448,7 @@ impl MmuFile {
                 format!("rows of {npix} pixels exceed the limit of {MAX_PIXELS}"),
             ));
         }
-        let check_2d = |ds: &Dataset, n: &str, field: &str, numeric: bool| -> Result<Kind> {
+        let check_2d = |ds: &Dataset, n: &str, field: &str| -> Result<Kind> {
             let s = ds.shape();
             if s != [rows, npix] {
                 return Err(Error::bad(
@@ -460,26 +460,26 @@ impl MmuFile {
                 ));
             }
             match Kind::of(ds) {
-                Some(k) if !numeric || k.is_numeric() => Ok(k),
+                Some(k) if k.is_numeric() => Ok(k),
                 _ => Err(Error::bad(
                     loc(n).field(field),
                     "expected numbers (or booleans)".to_string(),
                 )),
             }
         };
-        check_2d(&lambda, "spectrum_lambda", "wavelength", true)?;
+        check_2d(&lambda, "spectrum_lambda", "wavelength")?;
         let flux = dataset("spectrum_flux", "flux")?;
-        check_2d(&flux, "spectrum_flux", "flux", true)?;
+        check_2d(&flux, "spectrum_flux", "flux")?;
         let ivar_name = if has("spectrum_ivar") || !has("spectrum_flux_ivar") {
             "spectrum_ivar"
         } else {
             "spectrum_flux_ivar"
         };
         let ivar = dataset(ivar_name, "ivar")?;
-        check_2d(&ivar, ivar_name, "ivar", true)?;
+        check_2d(&ivar, ivar_name, "ivar")?;
         let mask = if has("spectrum_mask") {
             let ds = dataset("spectrum_mask", "mask")?;
-            let k = check_2d(&ds, "spectrum_mask", "mask", true)?;
+            let k = check_2d(&ds, "spectrum_mask", "mask")?;
             if k == Kind::Float {
                 return Err(Error::bad(
                     loc("spectrum_mask").field("mask"),
@@ -548,7 +548,7 @@ impl MmuFile {
             let ds = dataset("spectrum_lsf_sigma", "lsf_sigma")?;
             let per_pixel = ds.ndim() == 2;
             if per_pixel {
-                check_2d(&ds, "spectrum_lsf_sigma", "lsf_sigma", true)?;
+                check_2d(&ds, "spectrum_lsf_sigma", "lsf_sigma")?;
             } else if ds.shape() != [rows] || !Kind::of(&ds).is_some_and(Kind::is_numeric) {
                 return Err(Error::bad(
                     loc("spectrum_lsf_sigma").field("lsf_sigma"),
@@ -612,12 +612,12 @@ impl MmuFile {
                 labels.push(c);
             }
         }
-        // The SURVEY column is also a text label.
         let survey = SurveyRule {
             attribute,
             column: survey_column,
             path: path_survey,
         };
+        // The SURVEY column is also a text label.
         if let Some(c) = survey_col_name
             .as_ref()
             .and_then(|n| Self::column(n, file.dataset(n).ok()?, rows))
