@@ -49,11 +49,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for p in &plan.problems {
         eprintln!("error: {p}");
     }
-    let total: usize = plan
-        .units
-        .iter()
-        .map(|u| count_unit(u).unwrap_or(0))
-        .sum();
+    let total: usize = plan.units.iter().map(|u| count_unit(u).unwrap_or(0)).sum();
     let bar = spectra_bar(total as u64, "convert");
     let mut writer = ShardWriter::create(&args.output)
         .with_context(|| format!("{}: cannot create shard", args.output.display()))?;

@@ -40,7 +40,12 @@ fn labels_text(s: &Spectrum) -> String {
     if let Some(z) = l.redshift {
         parts.push(format!("z={z}"));
     }
-    for (k, v) in [("teff", l.teff), ("logg", l.logg), ("fe_h", l.fe_h), ("alpha_m", l.alpha_m)] {
+    for (k, v) in [
+        ("teff", l.teff),
+        ("logg", l.logg),
+        ("fe_h", l.fe_h),
+        ("alpha_m", l.alpha_m),
+    ] {
         if let Some(v) = v {
             parts.push(format!("{k}={v}"));
         }
@@ -104,7 +109,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 println!("{}", spectrum_json(s, unit.format));
             }
         } else {
-            println!("{}  format={}  spectra={}", files.join(" + "), unit.format, rows.len());
+            println!(
+                "{}  format={}  spectra={}",
+                files.join(" + "),
+                unit.format,
+                rows.len()
+            );
             for s in &rows {
                 let (lo, hi) = s.wavelength_range();
                 let segs = if s.segments.len() > 1 {

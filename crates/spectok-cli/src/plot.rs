@@ -142,6 +142,20 @@ fn palette(i: usize) -> RGBColor {
     P[i % P.len()]
 }
 
+/// A loss tick label with about three significant digits.
+fn loss_label(y: f64) -> String {
+    let a = y.abs();
+    if a >= 100.0 {
+        format!("{y:.0}")
+    } else if a >= 1.0 {
+        format!("{y:.2}")
+    } else if a >= 0.01 {
+        format!("{y:.3}")
+    } else {
+        format!("{y:.1e}")
+    }
+}
+
 /// Training and per-survey validation loss against step. Returns false
 /// when there is nothing to draw.
 fn draw_losses(records: &[Record], path: &Path, text: bool) -> Result<bool> {
@@ -184,6 +198,9 @@ fn draw_losses(records: &[Record], path: &Path, text: bool) -> Result<bool> {
     }
     let mut chart = builder.build_cartesian_2d(0.0..x_max, (y_lo..y_hi).log_scale())?;
     let mut mesh = chart.configure_mesh();
+    mesh.light_line_style(TRANSPARENT)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| loss_label(*y));
     if text {
         mesh.x_desc("step")
             .y_desc("loss (noise-weighted, per pixel)")
@@ -368,7 +385,10 @@ fn draw_example(ex: &Example, recon: &Reconstructions, path: &Path, text: bool) 
         }
         let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1)?;
         let mut mesh = chart.configure_mesh();
-        mesh.x_labels(if groups.len() > 2 { 3 } else { 6 });
+        mesh.x_labels(if groups.len() > 2 { 3 } else { 6 })
+            .light_line_style(TRANSPARENT)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.2}"));
         if text {
             mesh.label_style(("sans-serif", 14));
             if k == 0 {
@@ -434,7 +454,7 @@ fn draw_example(ex: &Example, recon: &Reconstructions, path: &Path, text: bool) 
         for (r, &run) in group.iter().enumerate() {
             let s = chart.draw_series(LineSeries::new(
                 (run.0..run.1).map(|j| (w[j], (ex.reconstruction[j] as f64).clamp(y0, y1))),
-                model.stroke_width(1),
+                model.mix(0.8).stroke_width(1),
             ))?;
             if text && k == 0 && r == 0 {
                 s.label("reconstruction").legend(move |(x, y)| {

@@ -27,7 +27,10 @@ fn every_subcommand_has_help_with_an_example() {
         let out = spectok(&[sub, "--help"]);
         assert!(out.status.success());
         let help = text(&out.stdout);
-        assert!(help.contains("Example"), "{sub} --help has no example:\n{help}");
+        assert!(
+            help.contains("Example"),
+            "{sub} --help has no example:\n{help}"
+        );
     }
 }
 
@@ -41,7 +44,10 @@ fn inspect_sdss_dir_lists_every_spectrum() {
     assert!(stdout.contains("format=sdss-spec"), "{stdout}");
     assert!(stdout.contains("format=sdss-spspec"), "{stdout}");
     assert!(stdout.contains("z=0.12132"), "{stdout}");
-    assert!(stderr.contains("13 spectra read, 0 skipped, 0 input(s) unreadable"), "{stderr}");
+    assert!(
+        stderr.contains("13 spectra read, 0 skipped, 0 input(s) unreadable"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -80,8 +86,14 @@ fn unreadable_inputs_give_one_line_errors_and_exit_1() {
         .filter(|l| l.starts_with("error:") || l.starts_with("skipped:"))
         .collect();
     assert_eq!(errors.len(), 2, "{stderr}");
-    assert!(errors.iter().any(|l| l.contains("truncated.fits")), "{stderr}");
-    assert!(errors.iter().any(|l| l.contains("does-not-exist.fits")), "{stderr}");
+    assert!(
+        errors.iter().any(|l| l.contains("truncated.fits")),
+        "{stderr}"
+    );
+    assert!(
+        errors.iter().any(|l| l.contains("does-not-exist.fits")),
+        "{stderr}"
+    );
     // The good file is still listed.
     assert!(text(&out.stdout).contains("spec-0266-51602-0013.fits"));
     assert!(!stderr.contains("panicked"), "{stderr}");

@@ -50,7 +50,13 @@ impl HduDesc {
             format!("HDU {index} {}", self.name)
         };
         if self.table {
-            let mut cols = self.columns.iter().take(6).cloned().collect::<Vec<_>>().join(",");
+            let mut cols = self
+                .columns
+                .iter()
+                .take(6)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",");
             if self.columns.len() > 6 {
                 cols.push_str(",…");
             }
@@ -58,13 +64,20 @@ impl HduDesc {
         } else if self.shape.is_empty() {
             format!("{name}: no data")
         } else {
-            let dims = self.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×");
+            let dims = self
+                .shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("×");
             format!("{name}: image {dims}")
         }
     }
 
     pub fn column_index(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.eq_ignore_ascii_case(name))
+        self.columns
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(name))
     }
 }
 
@@ -89,7 +102,10 @@ impl Fits {
     /// Opens `path` read-only. gzip-compressed files are read as they are.
     pub fn open(path: &Path) -> Result<Fits> {
         let file = FitsFile::open(path).map_err(|e| {
-            Error::bad(Location::file(path), format!("cannot open as FITS: {}", msg(&e)))
+            Error::bad(
+                Location::file(path),
+                format!("cannot open as FITS: {}", msg(&e)),
+            )
         })?;
         let mut fits = Fits {
             file,
@@ -109,9 +125,12 @@ impl Fits {
     }
 
     pub fn num_hdus(&mut self) -> Result<usize> {
-        self.file
-            .num_hdus()
-            .map_err(|e| Error::bad(Location::file(&self.path), format!("cannot count HDUs: {}", msg(&e))))
+        self.file.num_hdus().map_err(|e| {
+            Error::bad(
+                Location::file(&self.path),
+                format!("cannot count HDUs: {}", msg(&e)),
+            )
+        })
     }
 
     fn hdu(&mut self, index: usize) -> Result<FitsHdu> {
@@ -147,7 +166,13 @@ impl Fits {
         let name = hdu
             .read_key::<String>(&mut self.file, "EXTNAME")
             .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| if index == 0 { "PRIMARY".into() } else { String::new() });
+            .unwrap_or_else(|_| {
+                if index == 0 {
+                    "PRIMARY".into()
+                } else {
+                    String::new()
+                }
+            });
         let mut d = HduDesc {
             name,
             ..HduDesc::default()
@@ -164,7 +189,10 @@ impl Fits {
                 d.table = true;
                 d.rows = *num_rows;
                 d.columns = column_descriptions.iter().map(|c| c.name.clone()).collect();
-                d.repeats = column_descriptions.iter().map(|c| c.data_type.repeat).collect();
+                d.repeats = column_descriptions
+                    .iter()
+                    .map(|c| c.data_type.repeat)
+                    .collect();
             }
             HduInfo::AnyInfo => {}
         }
@@ -205,11 +233,17 @@ impl Fits {
 
     /// A numeric keyword that must be present.
     pub fn require_key_f64(&mut self, index: usize, key: &str) -> Result<f64> {
-        let v = self
-            .key_f64(index, key)
-            .ok_or_else(|| Error::bad(self.loc(index).field(key), "keyword missing or not a number"))?;
+        let v = self.key_f64(index, key).ok_or_else(|| {
+            Error::bad(
+                self.loc(index).field(key),
+                "keyword missing or not a number",
+            )
+        })?;
         if !v.is_finite() {
-            return Err(Error::bad(self.loc(index).field(key), format!("keyword is {v}")));
+            return Err(Error::bad(
+                self.loc(index).field(key),
+                format!("keyword is {v}"),
+            ));
         }
         Ok(v)
     }
@@ -219,12 +253,19 @@ impl Fits {
     pub fn image_shape(&mut self, index: usize, field: &str) -> Result<Vec<usize>> {
         let d = self.describe(index)?;
         if d.table {
-            return Err(Error::bad(self.loc(index).field(field), "expected an image, found a table"));
+            return Err(Error::bad(
+                self.loc(index).field(field),
+                "expected an image, found a table",
+            ));
         }
         if d.shape.is_empty() || d.shape.contains(&0) {
             return Err(Error::bad(self.loc(index).field(field), "image is empty"));
         }
-        let n: usize = d.shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).unwrap_or(usize::MAX);
+        let n: usize = d
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &b| a.checked_mul(b))
+            .unwrap_or(usize::MAX);
         if n > MAX_ELEMENTS {
             return Err(Error::bad(
                 self.loc(index).field(field),
@@ -239,9 +280,12 @@ impl Fits {
     pub fn read_image_f64(&mut self, index: usize, field: &str) -> Result<(Vec<f64>, Vec<usize>)> {
         let shape = self.image_shape(index, field)?;
         let hdu = self.hdu(index)?;
-        let v: Vec<f64> = hdu
-            .read_image(&mut self.file)
-            .map_err(|e| Error::bad(self.loc(index).field(field), format!("cannot read image: {}", msg(&e))))?;
+        let v: Vec<f64> = hdu.read_image(&mut self.file).map_err(|e| {
+            Error::bad(
+                self.loc(index).field(field),
+                format!("cannot read image: {}", msg(&e)),
+            )
+        })?;
         check_len(&v, &shape, || self.loc(index).field(field))?;
         Ok((v, shape))
     }
@@ -250,9 +294,12 @@ impl Fits {
     pub fn read_image_f32(&mut self, index: usize, field: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let shape = self.image_shape(index, field)?;
         let hdu = self.hdu(index)?;
-        let v: Vec<f32> = hdu
-            .read_image(&mut self.file)
-            .map_err(|e| Error::bad(self.loc(index).field(field), format!("cannot read image: {}", msg(&e))))?;
+        let v: Vec<f32> = hdu.read_image(&mut self.file).map_err(|e| {
+            Error::bad(
+                self.loc(index).field(field),
+                format!("cannot read image: {}", msg(&e)),
+            )
+        })?;
         check_len(&v, &shape, || self.loc(index).field(field))?;
         Ok((v, shape))
     }
@@ -261,16 +308,24 @@ impl Fits {
     pub fn read_image_i64(&mut self, index: usize, field: &str) -> Result<(Vec<i64>, Vec<usize>)> {
         let shape = self.image_shape(index, field)?;
         let hdu = self.hdu(index)?;
-        let v: Vec<i64> = hdu
-            .read_image(&mut self.file)
-            .map_err(|e| Error::bad(self.loc(index).field(field), format!("cannot read image: {}", msg(&e))))?;
+        let v: Vec<i64> = hdu.read_image(&mut self.file).map_err(|e| {
+            Error::bad(
+                self.loc(index).field(field),
+                format!("cannot read image: {}", msg(&e)),
+            )
+        })?;
         check_len(&v, &shape, || self.loc(index).field(field))?;
         Ok((v, shape))
     }
 
     /// Reads row `row` of a 2-D image (or the whole of a 1-D image when
     /// `row == 0`), so multi-spectrum images stream one spectrum at a time.
-    pub fn read_image_row_f64(&mut self, index: usize, row: usize, field: &str) -> Result<Vec<f64>> {
+    pub fn read_image_row_f64(
+        &mut self,
+        index: usize,
+        row: usize,
+        field: &str,
+    ) -> Result<Vec<f64>> {
         let shape = self.image_shape(index, field)?;
         let (nrow, ncol) = rows_cols(&shape, || self.loc(index).field(field))?;
         if row >= nrow {
@@ -282,15 +337,28 @@ impl Fits {
         let hdu = self.hdu(index)?;
         let v: Vec<f64> = hdu
             .read_section(&mut self.file, row * ncol, (row + 1) * ncol)
-            .map_err(|e| Error::bad(self.loc(index).field(field).row(row as u64), format!("cannot read row: {}", msg(&e))))?;
+            .map_err(|e| {
+                Error::bad(
+                    self.loc(index).field(field).row(row as u64),
+                    format!("cannot read row: {}", msg(&e)),
+                )
+            })?;
         if v.len() != ncol {
-            return Err(Error::bad(self.loc(index).field(field).row(row as u64), format!("read {} of {ncol} values", v.len())));
+            return Err(Error::bad(
+                self.loc(index).field(field).row(row as u64),
+                format!("read {} of {ncol} values", v.len()),
+            ));
         }
         Ok(v)
     }
 
     /// Like [`Fits::read_image_row_f64`] for f32 data.
-    pub fn read_image_row_f32(&mut self, index: usize, row: usize, field: &str) -> Result<Vec<f32>> {
+    pub fn read_image_row_f32(
+        &mut self,
+        index: usize,
+        row: usize,
+        field: &str,
+    ) -> Result<Vec<f32>> {
         let shape = self.image_shape(index, field)?;
         let (nrow, ncol) = rows_cols(&shape, || self.loc(index).field(field))?;
         if row >= nrow {
@@ -302,15 +370,28 @@ impl Fits {
         let hdu = self.hdu(index)?;
         let v: Vec<f32> = hdu
             .read_section(&mut self.file, row * ncol, (row + 1) * ncol)
-            .map_err(|e| Error::bad(self.loc(index).field(field).row(row as u64), format!("cannot read row: {}", msg(&e))))?;
+            .map_err(|e| {
+                Error::bad(
+                    self.loc(index).field(field).row(row as u64),
+                    format!("cannot read row: {}", msg(&e)),
+                )
+            })?;
         if v.len() != ncol {
-            return Err(Error::bad(self.loc(index).field(field).row(row as u64), format!("read {} of {ncol} values", v.len())));
+            return Err(Error::bad(
+                self.loc(index).field(field).row(row as u64),
+                format!("read {} of {ncol} values", v.len()),
+            ));
         }
         Ok(v)
     }
 
     /// Like [`Fits::read_image_row_f64`] for integer data (bitmasks).
-    pub fn read_image_row_i64(&mut self, index: usize, row: usize, field: &str) -> Result<Vec<i64>> {
+    pub fn read_image_row_i64(
+        &mut self,
+        index: usize,
+        row: usize,
+        field: &str,
+    ) -> Result<Vec<i64>> {
         let shape = self.image_shape(index, field)?;
         let (nrow, ncol) = rows_cols(&shape, || self.loc(index).field(field))?;
         if row >= nrow {
@@ -322,9 +403,17 @@ impl Fits {
         let hdu = self.hdu(index)?;
         let v: Vec<i64> = hdu
             .read_section(&mut self.file, row * ncol, (row + 1) * ncol)
-            .map_err(|e| Error::bad(self.loc(index).field(field).row(row as u64), format!("cannot read row: {}", msg(&e))))?;
+            .map_err(|e| {
+                Error::bad(
+                    self.loc(index).field(field).row(row as u64),
+                    format!("cannot read row: {}", msg(&e)),
+                )
+            })?;
         if v.len() != ncol {
-            return Err(Error::bad(self.loc(index).field(field).row(row as u64), format!("read {} of {ncol} values", v.len())));
+            return Err(Error::bad(
+                self.loc(index).field(field).row(row as u64),
+                format!("read {} of {ncol} values", v.len()),
+            ));
         }
         Ok(v)
     }
@@ -332,7 +421,10 @@ impl Fits {
     fn table(&mut self, index: usize, column: &str) -> Result<(FitsHdu, HduDesc)> {
         let d = self.describe(index)?;
         if !d.table {
-            return Err(Error::bad(self.loc(index).field(column), "expected a table, found an image"));
+            return Err(Error::bad(
+                self.loc(index).field(column),
+                "expected a table, found an image",
+            ));
         }
         if d.column_index(column).is_none() {
             return Err(Error::bad(self.loc(index).field(column), "column missing"));
@@ -340,49 +432,78 @@ impl Fits {
         let i = d.column_index(column).unwrap_or(0);
         let n = d.rows.saturating_mul(d.repeats[i].max(1));
         if n > MAX_ELEMENTS {
-            return Err(Error::bad(self.loc(index).field(column), format!("column claims {n} values")));
+            return Err(Error::bad(
+                self.loc(index).field(column),
+                format!("column claims {n} values"),
+            ));
         }
         Ok((self.hdu(index)?, d))
     }
 
     /// Whether table HDU `index` has `column`.
     pub fn has_column(&mut self, index: usize, column: &str) -> bool {
-        self.describe(index).is_ok_and(|d| d.column_index(column).is_some())
+        self.describe(index)
+            .is_ok_and(|d| d.column_index(column).is_some())
     }
 
     /// Reads a numeric column (all rows; array cells flattened row-major).
     pub fn read_col_f64(&mut self, index: usize, column: &str) -> Result<Vec<f64>> {
         let (hdu, d) = self.table(index, column)?;
         let name = d.columns[d.column_index(column).unwrap_or(0)].clone();
-        hdu.read_col::<f64>(&mut self.file, &name)
-            .map_err(|e| Error::bad(self.loc(index).field(column), format!("cannot read column: {}", msg(&e))))
+        hdu.read_col::<f64>(&mut self.file, &name).map_err(|e| {
+            Error::bad(
+                self.loc(index).field(column),
+                format!("cannot read column: {}", msg(&e)),
+            )
+        })
     }
 
     /// Reads a numeric column as f32.
     pub fn read_col_f32(&mut self, index: usize, column: &str) -> Result<Vec<f32>> {
         let (hdu, d) = self.table(index, column)?;
         let name = d.columns[d.column_index(column).unwrap_or(0)].clone();
-        hdu.read_col::<f32>(&mut self.file, &name)
-            .map_err(|e| Error::bad(self.loc(index).field(column), format!("cannot read column: {}", msg(&e))))
+        hdu.read_col::<f32>(&mut self.file, &name).map_err(|e| {
+            Error::bad(
+                self.loc(index).field(column),
+                format!("cannot read column: {}", msg(&e)),
+            )
+        })
     }
 
     /// Reads an integer column as i64.
     pub fn read_col_i64(&mut self, index: usize, column: &str) -> Result<Vec<i64>> {
         let (hdu, d) = self.table(index, column)?;
         let name = d.columns[d.column_index(column).unwrap_or(0)].clone();
-        hdu.read_col::<i64>(&mut self.file, &name)
-            .map_err(|e| Error::bad(self.loc(index).field(column), format!("cannot read column: {}", msg(&e))))
+        hdu.read_col::<i64>(&mut self.file, &name).map_err(|e| {
+            Error::bad(
+                self.loc(index).field(column),
+                format!("cannot read column: {}", msg(&e)),
+            )
+        })
     }
 
     /// Reads a numeric column for rows `rows` only (streaming large tables).
-    pub fn read_col_range_f64(&mut self, index: usize, column: &str, rows: Range<usize>) -> Result<Vec<f64>> {
+    pub fn read_col_range_f64(
+        &mut self,
+        index: usize,
+        column: &str,
+        rows: Range<usize>,
+    ) -> Result<Vec<f64>> {
         let (hdu, d) = self.table(index, column)?;
         if rows.end > d.rows {
-            return Err(Error::bad(self.loc(index).field(column), format!("rows {rows:?} out of {} rows", d.rows)));
+            return Err(Error::bad(
+                self.loc(index).field(column),
+                format!("rows {rows:?} out of {} rows", d.rows),
+            ));
         }
         let name = d.columns[d.column_index(column).unwrap_or(0)].clone();
         hdu.read_col_range::<f64>(&mut self.file, &name, &rows)
-            .map_err(|e| Error::bad(self.loc(index).field(column), format!("cannot read column: {}", msg(&e))))
+            .map_err(|e| {
+                Error::bad(
+                    self.loc(index).field(column),
+                    format!("cannot read column: {}", msg(&e)),
+                )
+            })
     }
 
     /// Reads a text column (one string per row, trimmed).
@@ -391,7 +512,12 @@ impl Fits {
         let name = d.columns[d.column_index(column).unwrap_or(0)].clone();
         hdu.read_col::<String>(&mut self.file, &name)
             .map(|v| v.into_iter().map(|s| s.trim().to_string()).collect())
-            .map_err(|e| Error::bad(self.loc(index).field(column), format!("cannot read column: {}", msg(&e))))
+            .map_err(|e| {
+                Error::bad(
+                    self.loc(index).field(column),
+                    format!("cannot read column: {}", msg(&e)),
+                )
+            })
     }
 }
 
@@ -399,7 +525,10 @@ fn rows_cols(shape: &[usize], loc: impl Fn() -> Location) -> Result<(usize, usiz
     match shape {
         [n] => Ok((1, *n)),
         [r, c] => Ok((*r, *c)),
-        _ => Err(Error::bad(loc(), format!("expected a 1-D or 2-D image, found {} axes", shape.len()))),
+        _ => Err(Error::bad(
+            loc(),
+            format!("expected a 1-D or 2-D image, found {} axes", shape.len()),
+        )),
     }
 }
 
@@ -421,7 +550,12 @@ impl Fits {
     /// [`Fits::read_image_row_i64`]) and returns each value's bit pattern
     /// as `u32` (see [`mask_bits`]), so unsigned masks stored with `BZERO`
     /// and signed 16/32-bit masks with the top bit set keep their bits.
-    pub fn read_image_row_mask(&mut self, index: usize, row: usize, field: &str) -> Result<Vec<u32>> {
+    pub fn read_image_row_mask(
+        &mut self,
+        index: usize,
+        row: usize,
+        field: &str,
+    ) -> Result<Vec<u32>> {
         let bitpix = self.describe(index)?.bitpix;
         let v = self.read_image_row_i64(index, row, field)?;
         Ok(v.into_iter().map(|x| mask_bits(x, bitpix)).collect())
@@ -457,9 +591,20 @@ impl Fits {
         // cfitsio allocates `value` (freed below with its own allocator) and
         // writes at most 72 characters plus a NUL into `comment`.
         unsafe {
-            fitsio::sys::ffgkls(self.file.as_raw(), name.as_ptr(), &mut value, comment.as_mut_ptr(), &mut status);
+            fitsio::sys::ffgkls(
+                self.file.as_raw(),
+                name.as_ptr(),
+                &mut value,
+                comment.as_mut_ptr(),
+                &mut status,
+            );
             let text = if status == 0 && !value.is_null() {
-                Some(std::ffi::CStr::from_ptr(value).to_string_lossy().trim().to_string())
+                Some(
+                    std::ffi::CStr::from_ptr(value)
+                        .to_string_lossy()
+                        .trim()
+                        .to_string(),
+                )
             } else {
                 None
             };
@@ -475,7 +620,13 @@ impl Fits {
     /// `None` if absent or of another kind.
     pub fn key_bool(&mut self, index: usize, key: &str) -> Option<bool> {
         let text = self.key_text(index, key)?;
-        match text.trim().trim_matches('\'').trim().to_ascii_uppercase().as_str() {
+        match text
+            .trim()
+            .trim_matches('\'')
+            .trim()
+            .to_ascii_uppercase()
+            .as_str()
+        {
             "T" | "TRUE" | "1" => Some(true),
             "F" | "FALSE" | "0" => Some(false),
             _ => None,
@@ -491,10 +642,16 @@ impl Fits {
         let i = d.column_index(column).unwrap_or(0);
         let name = d.columns[i].clone();
         if row >= d.rows {
-            return Err(Error::bad(self.loc(index).field(column).row(row as u64), format!("row out of range (table has {} rows)", d.rows)));
+            return Err(Error::bad(
+                self.loc(index).field(column).row(row as u64),
+                format!("row out of range (table has {} rows)", d.rows),
+            ));
         }
         let typ = match &hdu.info {
-            HduInfo::TableInfo { column_descriptions, .. } => column_descriptions.get(i).map(|c| c.data_type.typ),
+            HduInfo::TableInfo {
+                column_descriptions,
+                ..
+            } => column_descriptions.get(i).map(|c| c.data_type.typ),
             _ => None,
         };
         let fail = |e: fitsio::errors::Error| format!("cannot read identifier: {}", msg(&e));
@@ -505,19 +662,45 @@ impl Fits {
                 .into_iter()
                 .next()
                 .map(|s| s.trim().to_string())
-                .ok_or_else(|| Error::bad(self.loc(index).field(column).row(row as u64), "no value read")),
-            Some(T::Byte | T::SignedByte | T::Short | T::UnsignedShort | T::Int | T::Long | T::UnsignedLong | T::LongLong | T::UnsignedLongLong) => {
-                let first = match hdu.read_col_range::<i64>(&mut self.file, &name, &(row..row + 1)) {
+                .ok_or_else(|| {
+                    Error::bad(
+                        self.loc(index).field(column).row(row as u64),
+                        "no value read",
+                    )
+                }),
+            Some(
+                T::Byte
+                | T::SignedByte
+                | T::Short
+                | T::UnsignedShort
+                | T::Int
+                | T::Long
+                | T::UnsignedLong
+                | T::LongLong
+                | T::UnsignedLongLong,
+            ) => {
+                let first = match hdu.read_col_range::<i64>(&mut self.file, &name, &(row..row + 1))
+                {
                     Ok(v) => v.first().map(|x| x.to_string()),
                     Err(_) => hdu
                         .read_col_range::<u64>(&mut self.file, &name, &(row..row + 1))
-                        .map_err(|e| Error::bad(self.loc(index).field(column).row(row as u64), fail(e)))?
+                        .map_err(|e| {
+                            Error::bad(self.loc(index).field(column).row(row as u64), fail(e))
+                        })?
                         .first()
                         .map(|x| x.to_string()),
                 };
-                first.ok_or_else(|| Error::bad(self.loc(index).field(column).row(row as u64), "no value read"))
+                first.ok_or_else(|| {
+                    Error::bad(
+                        self.loc(index).field(column).row(row as u64),
+                        "no value read",
+                    )
+                })
             }
-            _ => Err(Error::bad(self.loc(index).field(column), "not a text or integer column")),
+            _ => Err(Error::bad(
+                self.loc(index).field(column),
+                "not a text or integer column",
+            )),
         }
     }
 }
@@ -528,7 +711,10 @@ fn status_text(status: i32) -> String {
     // SAFETY: ffgerr writes at most 30 characters plus a NUL into `buf`.
     unsafe {
         fitsio::sys::ffgerr(status, buf.as_mut_ptr());
-        std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().trim().to_string()
+        std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .trim()
+            .to_string()
     }
 }
 
@@ -565,7 +751,10 @@ impl Fits {
             (kind, var, repeats, rows, status)
         };
         if status != 0 {
-            return Err(Error::bad(self.loc(index), format!("cannot move to HDU: {}", status_text(status))));
+            return Err(Error::bad(
+                self.loc(index),
+                format!("cannot move to HDU: {}", status_text(status)),
+            ));
         }
         if kind != 2 || !var {
             return Ok(None);
@@ -577,12 +766,25 @@ impl Fits {
             let mut status = 0;
             // SAFETY: as above; the HDU is current.
             unsafe {
-                sys::ffgkys(self.file.as_raw(), cname.as_ptr(), value.as_mut_ptr(), comment.as_mut_ptr(), &mut status);
-                (status == 0).then(|| std::ffi::CStr::from_ptr(value.as_ptr()).to_string_lossy().trim().to_string())
+                sys::ffgkys(
+                    self.file.as_raw(),
+                    cname.as_ptr(),
+                    value.as_mut_ptr(),
+                    comment.as_mut_ptr(),
+                    &mut status,
+                );
+                (status == 0).then(|| {
+                    std::ffi::CStr::from_ptr(value.as_ptr())
+                        .to_string_lossy()
+                        .trim()
+                        .to_string()
+                })
             }
         };
         let name = key("EXTNAME").unwrap_or_default();
-        let columns = (1..=repeats.len()).map(|c| key(&format!("TTYPE{c}")).unwrap_or_default()).collect();
+        let columns = (1..=repeats.len())
+            .map(|c| key(&format!("TTYPE{c}")).unwrap_or_default())
+            .collect();
         Ok(Some(HduDesc {
             name,
             columns,
@@ -599,7 +801,10 @@ impl Fits {
         if let Some(d) = self.var_column_table(index)? {
             return Err(Error::bad(
                 self.loc(index),
-                format!("{}: variable-length array columns are not read", d.summary(index)),
+                format!(
+                    "{}: variable-length array columns are not read",
+                    d.summary(index)
+                ),
             ));
         }
         Ok(())
@@ -613,13 +818,20 @@ impl Fits {
     /// (e.g. SDSS per-exposure tables) is an error too, naming the HDU.
     pub fn check_complete(&mut self) -> Result<()> {
         let n = self.num_hdus()?;
-        let last = n.checked_sub(1).ok_or_else(|| Error::bad(Location::file(&self.path), "no HDU"))?;
-        let hdunum = std::os::raw::c_int::try_from(n).map_err(|_| Error::bad(Location::file(&self.path), format!("{n} HDUs")))?;
+        let last = n
+            .checked_sub(1)
+            .ok_or_else(|| Error::bad(Location::file(&self.path), "no HDU"))?;
+        let hdunum = std::os::raw::c_int::try_from(n)
+            .map_err(|_| Error::bad(Location::file(&self.path), format!("{n} HDUs")))?;
         // SAFETY: the handle is open and the out-pointers are live locals.
         let (status, dataend, next) = unsafe {
             let fptr = self.file.as_raw();
             let (mut status, mut kind) = (0, 0);
-            let (mut head, mut data, mut end): (fitsio::sys::LONGLONG, fitsio::sys::LONGLONG, fitsio::sys::LONGLONG) = (0, 0, 0);
+            let (mut head, mut data, mut end): (
+                fitsio::sys::LONGLONG,
+                fitsio::sys::LONGLONG,
+                fitsio::sys::LONGLONG,
+            ) = (0, 0, 0);
             fitsio::sys::ffmahd(fptr, hdunum, &mut kind, &mut status);
             fitsio::sys::ffghadll(fptr, &mut head, &mut data, &mut end, &mut status);
             if status == 0 && end > data {
@@ -635,7 +847,13 @@ impl Fits {
                 let mut probe = 0;
                 fitsio::sys::ffmbyt(fptr, end, 0, &mut probe);
                 if probe == 0 {
-                    fitsio::sys::ffgextn(fptr, end - data, 8, next.as_mut_ptr() as *mut std::os::raw::c_void, &mut probe);
+                    fitsio::sys::ffgextn(
+                        fptr,
+                        end - data,
+                        8,
+                        next.as_mut_ptr() as *mut std::os::raw::c_void,
+                        &mut probe,
+                    );
                     if probe != 0 {
                         // Bytes follow but cannot be read: a block cut short.
                         next = *b"XTENSION";
@@ -647,7 +865,10 @@ impl Fits {
         if status != 0 {
             return Err(Error::bad(
                 self.loc(last),
-                format!("file is truncated: its data should end at byte {dataend} ({})", status_text(status)),
+                format!(
+                    "file is truncated: its data should end at byte {dataend} ({})",
+                    status_text(status)
+                ),
             ));
         }
         if &next == b"XTENSION" {

@@ -200,7 +200,10 @@ fn detect_fits(fits: &mut Fits) -> Result<Format> {
     if named("WAVE") && named("FLUX") && named("IVAR") {
         return Ok(Format::MangaDap);
     }
-    if hdus.len() > 2 && hdus[1].name.eq_ignore_ascii_case("normalized") && hdus[2].name.eq_ignore_ascii_case("relative_error") {
+    if hdus.len() > 2
+        && hdus[1].name.eq_ignore_ascii_case("normalized")
+        && hdus[2].name.eq_ignore_ascii_case("relative_error")
+    {
         return Ok(Format::GalahCcd);
     }
     // Tables in HDU 1 identified by their columns.
@@ -213,7 +216,9 @@ fn detect_fits(fits: &mut Fits) -> Result<Format> {
         }
     }
     // APOGEE: aspcapStar has a table with FPARAM in HDU 4.
-    if hdus.get(4).is_some_and(|h| has_col(&h.columns, "FPARAM")) && hdus.get(1).is_some_and(|h| h.shape.len() == 1) {
+    if hdus.get(4).is_some_and(|h| has_col(&h.columns, "FPARAM"))
+        && hdus.get(1).is_some_and(|h| h.shape.len() == 1)
+    {
         return Ok(Format::ApogeeAspcapStar);
     }
     if let (Some(h1), Some(h4)) = (hdus.get(1), hdus.get(4)) {
@@ -223,7 +228,14 @@ fn detect_fits(fits: &mut Fits) -> Result<Format> {
         }
     }
     if let Some(h1) = hdus.get(1) {
-        if h1.is_image() && fits.key_text(1, "CTYPE1").is_some_and(|s| s.contains("LOG")) || (h1.is_image() && fits.key_f64(0, "NVISITS").is_some() && fits.key_f64(1, "CDELT1").is_some()) {
+        if h1.is_image()
+            && fits
+                .key_text(1, "CTYPE1")
+                .is_some_and(|s| s.contains("LOG"))
+            || (h1.is_image()
+                && fits.key_f64(0, "NVISITS").is_some()
+                && fits.key_f64(1, "CDELT1").is_some())
+        {
             return Ok(Format::ApogeeApStar);
         }
     }
@@ -231,7 +243,10 @@ fn detect_fits(fits: &mut Fits) -> Result<Format> {
     // COEFF0/COEFF1, so it is tested first) or SDSS spSpec (COEFF0/COEFF1).
     let h0 = &hdus[0];
     if h0.shape.len() == 2 && h0.shape[0] == 5 {
-        if fits.key_text(0, "TELESCOP").is_some_and(|t| t.to_ascii_uppercase().contains("LAMOST")) {
+        if fits
+            .key_text(0, "TELESCOP")
+            .is_some_and(|t| t.to_ascii_uppercase().contains("LAMOST"))
+        {
             return Ok(Format::LamostLrsOld);
         }
         if fits.key_f64(0, "COEFF0").is_some() && fits.key_f64(0, "COEFF1").is_some() {

@@ -11,8 +11,12 @@ pub const SHARD_MARKER: &str = "spectok_shard_version";
 
 /// Opens an HDF5 file read-only with an error naming it.
 pub fn open(path: &Path) -> Result<hdf5::File> {
-    hdf5::File::open(path)
-        .map_err(|e| Error::bad(Location::file(path), format!("cannot open as HDF5: {}", one_line(&e))))
+    hdf5::File::open(path).map_err(|e| {
+        Error::bad(
+            Location::file(path),
+            format!("cannot open as HDF5: {}", one_line(&e)),
+        )
+    })
 }
 
 /// Detects the layout of an HDF5 file.

@@ -46,7 +46,10 @@ pub fn expand_inputs<S: AsRef<str>>(inputs: &[S]) -> (Vec<PathBuf>, Vec<Error>) 
         } else if input.contains(['*', '?', '[']) {
             match glob::glob(input) {
                 Ok(paths) => {
-                    let mut v: Vec<PathBuf> = paths.filter_map(|r| r.ok()).filter(|p| p.is_file()).collect();
+                    let mut v: Vec<PathBuf> = paths
+                        .filter_map(|r| r.ok())
+                        .filter(|p| p.is_file())
+                        .collect();
                     if v.is_empty() {
                         problems.push(Error::Input {
                             input: input.into(),
@@ -77,9 +80,15 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d).map_err(|source| Error::Os { path: d.clone(), source })?;
+        let rd = std::fs::read_dir(&d).map_err(|source| Error::Os {
+            path: d.clone(),
+            source,
+        })?;
         for entry in rd {
-            let entry = entry.map_err(|source| Error::Os { path: d.clone(), source })?;
+            let entry = entry.map_err(|source| Error::Os {
+                path: d.clone(),
+                source,
+            })?;
             let p = entry.path();
             if p.is_dir() {
                 stack.push(p);
@@ -93,7 +102,10 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn has_spectrum_ending(p: &Path) -> bool {
-    let name = p.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
     SPECTRUM_FILE_ENDINGS.iter().any(|e| name.ends_with(e))
 }
 
@@ -115,7 +127,9 @@ pub fn galah_ccd_key(path: &Path) -> Option<(String, u8)> {
 /// The redrock file that belongs beside a DESI `coadd-X`/`spectra-X` file.
 fn redrock_beside(path: &Path) -> Option<PathBuf> {
     let name = path.file_name()?.to_str()?;
-    let rest = name.strip_prefix("coadd-").or_else(|| name.strip_prefix("spectra-"))?;
+    let rest = name
+        .strip_prefix("coadd-")
+        .or_else(|| name.strip_prefix("spectra-"))?;
     let cand = path.with_file_name(format!("redrock-{rest}"));
     cand.is_file().then_some(cand)
 }

@@ -83,9 +83,10 @@ pub fn reader_for(format: Format, path: &std::path::Path) -> Result<&'static dyn
             return Err(Error::Refused {
                 path: path.to_path_buf(),
                 format: format.name(),
-                reason: "a redrock catalogue holds redshifts, not spectra: give it together with \
+                reason:
+                    "a redrock catalogue holds redshifts, not spectra: give it together with \
                          its coadd-*/spectra-* file (or put it beside it) and its labels are joined"
-                    .into(),
+                        .into(),
             })
         }
         Format::GaiaXpContinuous => {

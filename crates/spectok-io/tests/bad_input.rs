@@ -33,7 +33,10 @@ fn assert_one_line_naming(e: &Error, file: &Path) {
     let msg = e.to_string();
     assert!(!msg.contains('\n'), "multi-line error: {msg}");
     let name = file.file_name().unwrap().to_string_lossy();
-    assert!(msg.contains(name.as_ref()), "error does not name {name}: {msg}");
+    assert!(
+        msg.contains(name.as_ref()),
+        "error does not name {name}: {msg}"
+    );
 }
 
 fn copy_to(dir: &Path, src: &Path) -> PathBuf {
@@ -48,12 +51,20 @@ fn copy_to(dir: &Path, src: &Path) -> PathBuf {
 
 fn all_real_files(root: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
-    for sub in ["sdss", "desi", "apogee", "galah", "lamost", "gaiaxp", "other", "mmu"] {
-        let Ok(rd) = std::fs::read_dir(root.join(sub)) else { continue };
+    for sub in [
+        "sdss", "desi", "apogee", "galah", "lamost", "gaiaxp", "other", "mmu",
+    ] {
+        let Ok(rd) = std::fs::read_dir(root.join(sub)) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             let n = p.to_string_lossy().to_string();
-            if n.ends_with(".fits") || n.ends_with(".fit") || n.ends_with(".gz") || n.ends_with(".hdf5") {
+            if n.ends_with(".fits")
+                || n.ends_with(".fit")
+                || n.ends_with(".gz")
+                || n.ends_with(".hdf5")
+            {
                 v.push(p);
             }
         }
@@ -91,7 +102,10 @@ fn truncated_copies_of_every_real_file_never_panic() {
         let bytes = std::fs::read(&src).unwrap();
         for frac in [0.02, 0.3, 0.7, 0.97] {
             let cut = ((bytes.len() as f64) * frac) as usize;
-            let dst = dir.path().join(format!("cut{cut}-{}", src.file_name().unwrap().to_string_lossy()));
+            let dst = dir.path().join(format!(
+                "cut{cut}-{}",
+                src.file_name().unwrap().to_string_lossy()
+            ));
             std::fs::write(&dst, &bytes[..cut]).unwrap();
             let (_spectra, errors) = read_all(&[&dst], None);
             // Truncation inside the data must surface as an error or a
@@ -100,7 +114,11 @@ fn truncated_copies_of_every_real_file_never_panic() {
                 assert_one_line_naming(e, &dst);
             }
             if frac < 0.9 {
-                assert!(!errors.is_empty(), "{} cut at {cut} bytes read without error", src.display());
+                assert!(
+                    !errors.is_empty(),
+                    "{} cut at {cut} bytes read without error",
+                    src.display()
+                );
             }
             cases += 1;
         }
@@ -133,7 +151,8 @@ fn sdss_spec_corruptions() {
     {
         let mut fits = fitsio::FitsFile::edit(&f2).unwrap();
         let hdu = fits.hdu("COADD").unwrap();
-        hdu.write_col(&mut fits, "flux", &vec![f32::NAN; 3838]).unwrap();
+        hdu.write_col(&mut fits, "flux", &vec![f32::NAN; 3838])
+            .unwrap();
     }
     let (spectra, _) = read_all(&[&f2], None);
     assert_eq!(spectra.len(), 1);
@@ -153,7 +172,11 @@ fn sdss_spec_corruptions() {
     assert!(spectra.is_empty());
     assert_eq!(errors.len(), 1);
     assert_one_line_naming(&errors[0], &f3);
-    assert!(errors[0].to_string().contains("wavelength"), "{}", errors[0]);
+    assert!(
+        errors[0].to_string().contains("wavelength"),
+        "{}",
+        errors[0]
+    );
 
     // Missing column: the error names the HDU and the column.
     let f4 = dir.path().join("nocol.fits");
@@ -168,7 +191,10 @@ fn sdss_spec_corruptions() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     let msg = errors[0].to_string();
     assert_one_line_naming(&errors[0], &f4);
-    assert!(msg.contains("COADD") && msg.to_lowercase().contains("ivar"), "{msg}");
+    assert!(
+        msg.contains("COADD") && msg.to_lowercase().contains("ivar"),
+        "{msg}"
+    );
 
     // Wrong HDU: COADD renamed. Detection no longer recognises it, and a
     // forced format names the missing HDU.
@@ -179,7 +205,10 @@ fn sdss_spec_corruptions() {
         // second card rather than replace the first).
         let mut bytes = std::fs::read(&f5).unwrap();
         let card = b"EXTNAME = 'COADD   '";
-        let at = bytes.windows(card.len()).position(|w| w == card).expect("COADD card");
+        let at = bytes
+            .windows(card.len())
+            .position(|w| w == card)
+            .expect("COADD card");
         bytes[at..at + card.len()].copy_from_slice(b"EXTNAME = 'SOMETHIN'");
         std::fs::write(&f5, bytes).unwrap();
     }

@@ -18,8 +18,12 @@ fn read_all(inputs: &[String]) -> Vec<Spectrum> {
 
 /// Equality that treats two NaNs with the same bits as equal.
 fn same(a: &Spectrum, b: &Spectrum) -> bool {
-    let f32s = |x: &[f32], y: &[f32]| x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
-    let f64s = |x: &[f64], y: &[f64]| x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+    let f32s = |x: &[f32], y: &[f32]| {
+        x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())
+    };
+    let f64s = |x: &[f64], y: &[f64]| {
+        x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())
+    };
     a.id == b.id
         && a.survey == b.survey
         && a.source == b.source
@@ -57,7 +61,10 @@ fn every_real_spectrum_round_trips_through_a_shard() {
     let plan = plan_inputs(&[path.display().to_string()], None);
     assert_eq!(plan.units.len(), 1);
     assert_eq!(plan.units[0].format, Format::SpectokShard);
-    let back: Vec<Spectrum> = read_unit(&plan.units[0]).unwrap().map(|r| r.unwrap()).collect();
+    let back: Vec<Spectrum> = read_unit(&plan.units[0])
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
     assert_eq!(back.len(), spectra.len());
     for (a, b) in spectra.iter().zip(&back) {
         assert!(same(a, b), "{} differs after the round trip", a.id);

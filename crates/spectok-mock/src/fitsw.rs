@@ -357,7 +357,7 @@ impl FitsOut {
             let out = std::fs::File::create(&self.dest).map_err(io(&self.dest))?;
             let mut gz = flate2::GzBuilder::new()
                 .mtime(0)
-                .write(std::io::BufWriter::new(out), flate2::Compression::best());
+                .write(std::io::BufWriter::new(out), flate2::Compression::new(6));
             gz.write_all(&bytes).map_err(io(&self.dest))?;
             let mut w = gz.finish().map_err(io(&self.dest))?;
             w.flush().map_err(io(&self.dest))?;

@@ -171,7 +171,7 @@ impl Observation {
             s.ivar.extend((0..a.len()).map(|i| a.ivar(i)));
             s.mask.extend_from_slice(&a.mask);
             if let Some(l) = s.lsf_sigma.as_mut() {
-                l.extend(a.lsf.iter().map(|&v| v as f32));
+                l.extend(a.lsf.iter().map(|&v| round_bits(v, 8) as f32));
             }
             s.segments.push(Segment {
                 name: a.name.clone(),
@@ -485,12 +485,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Marks pixels without data: σ = ∞, flux 0, `bits` set.
+/// Marks pixels without data: σ = ∞, flux 0, `bits` set (pixels already
+/// without data are left as they are).
 fn kill(arm: &mut Arm, range: std::ops::Range<usize>, bits: u32) {
+    for i in range {
+        if i < arm.len() && arm.sigma[i].is_finite() {
+            arm.sigma[i] = f64::INFINITY;
+            arm.mask[i] |= bits;
+        }
+    }
+}
+
+/// Marks chip-gap pixels: no data and exactly `bits` (no other flag).
+fn gap(arm: &mut Arm, range: std::ops::Range<usize>, bits: u32) {
     for i in range {
         if i < arm.len() {
             arm.sigma[i] = f64::INFINITY;
-            arm.mask[i] |= bits;
+            arm.mask[i] = bits;
         }
     }
 }
@@ -633,10 +644,10 @@ fn masks(obs: &mut Observation, rng: &mut ChaCha8Rng) {
             let shift = rng.random_range(0..=35usize);
             let mut prev_end = 0;
             for &(a, b) in &survey::APOGEE_CHIPS {
-                kill(arm, prev_end..a - shift, mask::APOGEE_BADPIX);
+                gap(arm, prev_end..a - shift, mask::APOGEE_BADPIX);
                 prev_end = b - shift + 1;
             }
-            kill(arm, prev_end..n, mask::APOGEE_BADPIX);
+            gap(arm, prev_end..n, mask::APOGEE_BADPIX);
             if rng.random::<f64>() < 0.2 {
                 let s = survey::APOGEE_CHIPS[0].0 - shift + rng.random_range(0..1500usize);
                 for i in s..(s + 600).min(n) {

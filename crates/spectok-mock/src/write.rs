@@ -16,7 +16,7 @@ use crate::fitsw::{card, Card, Col, FitsOut, Pixels};
 use crate::objects::{MockObject, ObjectClass};
 use crate::observe::{ivar_of, quantise, round_bits, Arm, Observation};
 use crate::survey::{self, MockSurvey};
-use crate::{Result, DISCLAIMER, GENERATOR};
+use crate::{Result, GENERATOR};
 
 /// Where and how files are written.
 #[derive(Clone, Debug)]
@@ -48,7 +48,7 @@ fn mock_cards(seed: u64, what: &str) -> Vec<Card> {
         card("MOCKGEN", GENERATOR, "generator"),
         card("MOCKSEED", seed as i64, "generator seed"),
         card("MOCKWHAT", what, "mock object(s)"),
-        card("MOCKNOTE", DISCLAIMER, ""),
+        card("MOCKNOTE", "for tests and benchmarks; not survey data", ""),
     ]
 }
 
@@ -387,7 +387,8 @@ pub fn apogee(t: &Target, field: u32, obj: &MockObject, obs: &Observation) -> Re
     };
     let chips = chip_ranges(a);
     let snr = snr_of(a);
-    let round = |x: f64, step: f64| (x / step).round() * step;
+    // (+ 0.0 turns a rounded −0 into 0.)
+    let round = |x: f64, step: f64| (x / step).round() * step + 0.0;
     let mut primary = vec![
         card("OBJID", id.as_str(), "object id"),
         card("TELESCOP", "apo25m", ""),
@@ -589,8 +590,8 @@ pub fn galah(t: &Target, group: u32, obj: &MockObject, obs: &Observation) -> Res
         let snr = snr_of(a);
         let wcs = vec![
             card("CTYPE1", "LINEAR", ""),
-            card("CRVAL1", g.start, "first wavelength, Å (air)"),
-            card("CDELT1", g.step, "wavelength step, Å"),
+            card("CRVAL1", g.start, "first wavelength, A (air)"),
+            card("CDELT1", g.step, "wavelength step, A"),
             card("CD1_1", g.step, ""),
             card("CRPIX1", 1.0, ""),
             card("CUNIT1", "angstroms", ""),
@@ -604,7 +605,7 @@ pub fn galah(t: &Target, group: u32, obj: &MockObject, obs: &Observation) -> Res
             card("RA_OBS", obj.ra, ""),
             card("DEC_OBS", obj.dec, ""),
             card("SNR", (snr * 1e3).round() / 1e3, "median S/N of this CCD"),
-            card("RES", res, "resolution FWHM, Å"),
+            card("RES", res, "resolution FWHM, A"),
             card("PIPE_VER", "6.0", ""),
             card("BUNIT", "counts", ""),
         ]);

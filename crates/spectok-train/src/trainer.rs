@@ -436,6 +436,7 @@ impl Trainer {
         let mut last_checkpoint = self.resumed_from.clone();
         let mut last_checkpoint_step = resumed.then_some(self.state.step);
         let mut problems_seen = 0usize;
+        let mut told = std::collections::HashSet::new();
         let (mut ema_spectra, mut ema_tokens) = (None::<f64>, None::<f64>);
         let (mut window_sum, mut window_n, mut window_norm) = (0f64, 0u64, 0f64);
         let mut outcome = Outcome::Finished;
@@ -527,9 +528,13 @@ impl Trainer {
                     elapsed_s: ev.elapsed_s,
                 })?;
                 (window_sum, window_n, window_norm) = (0.0, 0, 0.0);
+                // The loader repeats a source's problems every pass; tell
+                // each one once.
                 let problems = loader.stats().problems;
                 for p in problems.iter().skip(problems_seen) {
-                    observer.on_note(&format!("data: {p}"));
+                    if told.insert(p.clone()) {
+                        observer.on_note(&format!("data: {p}"));
+                    }
                 }
                 problems_seen = problems.len();
             }

@@ -32,8 +32,8 @@
 //! `logg`, `fe_h`. ASPCAP values of −9999 (anything ≤ −9000) mean unknown
 //! and become `None`.
 
-use crate::readers::common::{finish, known};
 use crate::fits::{mask_bits, Fits};
+use crate::readers::common::{finish, known};
 use crate::{
     Error, Format, InputUnit, Labels, Medium, Reader, Result, Segment, Source, Spectrum,
     SpectrumIter, Survey,
@@ -51,7 +51,6 @@ pub fn ivar_from_sigma(sigma: f32) -> f32 {
         0.0
     }
 }
-
 
 /// Number of pixels per row of image `hdu` (the last axis), requiring at
 /// least `min_rows` rows.

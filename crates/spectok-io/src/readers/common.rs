@@ -4,7 +4,6 @@ use std::path::Path;
 
 use crate::{Error, Location, Result, Spectrum};
 
-
 /// Reverses every segment whose wavelengths run downwards (first pixel
 /// above the last), moving the pixels of all per-pixel arrays together and
 /// changing no value. Segments that are not monotonic are left for

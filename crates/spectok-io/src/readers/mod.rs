@@ -1,7 +1,7 @@
 //! One reader per survey family. Each implements [`crate::Reader`].
 
-mod common;
 pub mod apogee;
+mod common;
 pub mod desi;
 pub mod gaiaxp;
 pub mod galah;

@@ -35,9 +35,8 @@
 //! a file location, σ and float-mask conversions) are used by the other
 //! optical readers too.
 
-
-use crate::readers::common::{at_hdu, finish, float_mask, ivar_from_sigma};
 use crate::fits::{mask_bits, Fits};
+use crate::readers::common::{at_hdu, finish, float_mask, ivar_from_sigma};
 use crate::{
     Error, Format, InputUnit, Labels, Location, Medium, Reader, Result, Segment, Source, Spectrum,
     SpectrumIter, Survey,
