@@ -29,8 +29,12 @@ pub enum PatchState {
 /// them (padding slots are all zero with weight 0 and state `Padding`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
+    /// Number of spectra `B`.
     pub batch_size: usize,
+    /// Patch slots per spectrum `T` (the longest spectrum's patch count,
+    /// possibly rounded up).
     pub max_patches: usize,
+    /// Pixels per patch `P`.
     pub patch_size: usize,
     /// Normalised flux `f / scale` (after the configured bounded transform);
     /// 0 at invalid and padding pixels.
@@ -54,9 +58,13 @@ pub struct Batch {
     pub n_patches: Vec<usize>,
     /// `log10(scale)` of each spectrum, the scale-token input.
     pub log_scale: Vec<f32>,
+    /// Object id of each spectrum.
     pub ids: Vec<String>,
+    /// Survey of each spectrum.
     pub surveys: Vec<Survey>,
+    /// Where each spectrum was read from.
     pub sources: Vec<Source>,
+    /// Labels of each spectrum, as the files give them.
     pub labels: Vec<Labels>,
 }
 

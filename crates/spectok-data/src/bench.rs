@@ -15,7 +15,9 @@ pub struct LoaderBench {
     pub stats: LoaderStats,
     /// Wall time from creating the loader to the last batch, s.
     pub seconds: f64,
+    /// Batches delivered per second.
     pub batches_per_s: f64,
+    /// Spectra delivered per second.
     pub spectra_per_s: f64,
     /// Real-token fraction over all delivered patch slots.
     pub real_token_fraction: f64,

@@ -11,14 +11,19 @@ use crate::error::{Error, Result};
 pub enum BatchSize {
     /// A fixed number of spectra per batch (the last batch of an epoch
     /// may hold fewer).
-    Fixed { spectra: usize },
+    Fixed {
+        /// Spectra per batch.
+        spectra: usize,
+    },
     /// As many spectra as fit `max_tokens` patch slots, padding included
     /// (`B × T_max ≤ max_tokens`), and at most `max_spectra`. A spectrum
     /// longer than the budget on its own forms a batch of one. This is the
     /// mode for mixing 2 000-pixel and 30 000-pixel spectra: the batch's
     /// memory and compute stay bounded whatever the lengths.
     Tokens {
+        /// Most patch slots `B × T_max` per batch.
         max_tokens: usize,
+        /// Most spectra per batch.
         max_spectra: usize,
     },
 }

@@ -10,7 +10,9 @@ pub enum RejectReason {
     /// The arrays break a [`spectok_io::Spectrum`] invariant (lengths,
     /// segments, wavelength order); the field and what is wrong.
     Malformed {
+        /// The offending field.
         field: &'static str,
+        /// What is wrong with it.
         problem: String,
     },
     /// No pixel passes the invalid-pixel rule.
@@ -19,7 +21,12 @@ pub enum RejectReason {
     /// of |flux| over valid pixels: no positive scale exists.
     NoPositiveScale,
     /// Fewer valid patches than `PrepareConfig::min_valid_patches`.
-    TooFewValidPatches { valid: usize, required: usize },
+    TooFewValidPatches {
+        /// Valid patches the spectrum has.
+        valid: usize,
+        /// Valid patches required.
+        required: usize,
+    },
     /// The object is in the other side of the train/validation split.
     OtherSplit,
 }
@@ -59,9 +66,11 @@ pub enum Error {
     /// One spectrum could not be prepared; the loader skips and counts it.
     #[error("spectrum {id} ({origin}): rejected: {reason}")]
     Rejected {
+        /// Object id of the spectrum.
         id: String,
         /// Where the spectrum was read from.
         origin: Box<Source>,
+        /// Why it was rejected.
         reason: RejectReason,
     },
     /// Reading survey files failed (file- or spectrum-level).
@@ -69,14 +78,27 @@ pub enum Error {
     Io(#[from] spectok_io::Error),
     /// A configuration value is out of range.
     #[error("config {field}: {reason}")]
-    Config { field: &'static str, reason: String },
+    Config {
+        /// The config field.
+        field: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
     /// A loader source cannot be used.
     #[error("source {name}: {reason}")]
-    Source { name: String, reason: String },
+    Source {
+        /// The source's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A saved loader state does not belong to this loader's config and
     /// sources.
     #[error("loader state: {reason}")]
-    State { reason: String },
+    State {
+        /// What does not match.
+        reason: String,
+    },
 }
 
 impl Error {

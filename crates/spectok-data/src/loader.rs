@@ -248,6 +248,7 @@ pub struct SourcePos {
     pub dead: bool,
     /// Reader to take the next item from.
     pub rr: usize,
+    /// Position of each reader thread.
     pub readers: Vec<ReaderPos>,
 }
 
@@ -257,6 +258,7 @@ pub struct SourcePos {
 pub struct LoaderState {
     /// Hash of the config and sources this state belongs to.
     pub fingerprint: u64,
+    /// Epoch number (0-based).
     pub epoch: u64,
     /// Pool (chunk) number within the epoch.
     pub chunk: u64,
@@ -266,6 +268,7 @@ pub struct LoaderState {
     pub skip_batches: u64,
     /// Batches delivered since the start of the run.
     pub batches_delivered: u64,
+    /// Position of each source.
     pub sources: Vec<SourcePos>,
 }
 
@@ -309,7 +312,8 @@ pub struct LoaderStats {
     pub rejected: BTreeMap<String, u64>,
     /// Units that failed to open and spectra the readers failed to read.
     pub read_errors: u64,
-    /// Epochs completed by the loader thread.
+    /// Epochs completed by the loader thread (which runs ahead of the
+    /// consumer by the prefetch queue).
     pub epochs_completed: u64,
     /// The first problems met (read errors, rejections other than the
     /// split), one line each.
@@ -521,19 +525,33 @@ fn unit_order(cfg: &LoaderConfig, n_units: usize, s: usize, pass: u64) -> Vec<us
     order
 }
 
-/// Body of reader `r` of `n_readers` of source `s`.
-#[allow(clippy::too_many_arguments)]
-fn reader(
+/// What one reader thread reads: reader `r` of `n_readers` of source `s`,
+/// from `start` in pass `pass`.
+struct ReaderJob {
     source: Arc<dyn SpectrumSource>,
     cfg: LoaderConfig,
     s: usize,
     r: usize,
     n_readers: usize,
-    mut pass: u64,
+    pass: u64,
     start: ReaderPos,
     tx: Sender<Msg>,
     stop: Arc<AtomicBool>,
-) {
+}
+
+/// Body of a reader thread.
+fn reader(job: ReaderJob) {
+    let ReaderJob {
+        source,
+        cfg,
+        s,
+        r,
+        n_readers,
+        mut pass,
+        start,
+        tx,
+        stop,
+    } = job;
     let (mut slot, mut skip) = (start.slot as usize, start.offset);
     if start.done {
         pass += 1;
@@ -591,6 +609,7 @@ fn reader(
 struct Merger {
     rxs: Vec<Receiver<Msg>>,
     threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
 }
 
 enum Pull {
@@ -632,7 +651,12 @@ impl Merger {
                     pos.rr = (r + 1) % n;
                 }
                 Err(_) => {
-                    lock(stats).problem(format!("source {name}: reader {r} stopped unexpectedly"));
+                    // A reader ends early only when told to stop (or if it
+                    // could not start).
+                    if !self.stop.load(Ordering::Relaxed) {
+                        lock(stats)
+                            .problem(format!("source {name}: reader {r} stopped unexpectedly"));
+                    }
                     pos.readers[r].done = true;
                 }
             }
@@ -664,6 +688,7 @@ impl Mixer {
             let mut m = Merger {
                 rxs: Vec::with_capacity(n),
                 threads: Vec::with_capacity(n),
+                stop: Arc::clone(&self.stop),
             };
             for (r, rp) in pos.readers.iter().enumerate() {
                 let (tx, rx) = bounded(self.cfg.reader_queue);
@@ -675,7 +700,19 @@ impl Mixer {
                 let (pass, rp) = (pos.pass, rp.clone());
                 let spawned = std::thread::Builder::new()
                     .name(format!("spectok-read-{s}-{r}"))
-                    .spawn(move || reader(source, cfg, s, r, n, pass, rp, tx, stop));
+                    .spawn(move || {
+                        reader(ReaderJob {
+                            source,
+                            cfg,
+                            s,
+                            r,
+                            n_readers: n,
+                            pass,
+                            start: rp,
+                            tx,
+                            stop,
+                        })
+                    });
                 match spawned {
                     Ok(t) => m.threads.push(t),
                     Err(e) => lock(&self.stats).problem(format!(

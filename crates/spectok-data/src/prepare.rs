@@ -147,11 +147,17 @@ impl PrepareConfig {
 /// [`crate::Batch`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct PreparedSpectrum {
+    /// Object id.
     pub id: String,
+    /// Survey of the spectrum.
     pub survey: Survey,
+    /// Where it was read from.
     pub source: Source,
+    /// Vacuum or air wavelengths (never converted).
     pub medium: Medium,
+    /// Labels as the file gives them.
     pub labels: Labels,
+    /// Pixels per patch `P`.
     pub patch_size: usize,
     /// The flux scale, in the file's flux units.
     pub scale: f64,
@@ -159,15 +165,21 @@ pub struct PreparedSpectrum {
     pub log_scale: f32,
     /// How `scale` was chosen.
     pub scale_rule: ScaleRule,
+    /// Normalised (and transformed) flux.
     pub flux: Vec<f32>,
+    /// Normalised (and transformed) σ.
     pub sigma: Vec<f32>,
+    /// Pixel wavelengths, Å.
     pub wavelength: Vec<f64>,
+    /// Clipped normalised inverse variance (0 where invalid).
     pub weight: Vec<f32>,
     /// Input pixel behind each slot ([`PAD_PIXEL`] for tail padding):
     /// strictly increasing over the non-padding slots and covering every
     /// input pixel once, so outputs can be mapped back to the input grid.
     pub pixel_index: Vec<u32>,
+    /// Valid or invalid, per patch.
     pub patch_state: Vec<PatchState>,
+    /// Centre wavelength of each patch, Å.
     pub patch_center: Vec<f64>,
     /// Number of valid input pixels.
     pub valid_pixels: usize,

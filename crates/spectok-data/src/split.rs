@@ -14,7 +14,9 @@ use crate::rng::{fnv1a64, mix64};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
+    /// The training side.
     Train,
+    /// The validation side.
     Validation,
 }
 

@@ -24,8 +24,9 @@ pub struct SyntheticConfig {
     pub units: usize,
     /// Spectra per unit.
     pub per_unit: usize,
-    /// Pixel count range (inclusive).
+    /// Smallest pixel count.
     pub min_pixels: usize,
+    /// Largest pixel count (inclusive).
     pub max_pixels: usize,
     /// Consecutive spectra of a unit sharing one object id (visits).
     pub visits: usize,
@@ -34,6 +35,7 @@ pub struct SyntheticConfig {
     pub bad_fraction: f64,
     /// Survey the spectra claim to be from.
     pub survey: Survey,
+    /// Seed of every random choice.
     pub seed: u64,
 }
 

@@ -102,14 +102,21 @@ pub fn ivar_of(sigma: f64) -> f32 {
     }
 }
 
-/// `x` rounded to `bits` significant bits (0 and non-finite unchanged).
-pub fn round_bits(x: f64, bits: i32) -> f64 {
+/// `x` rounded to `bits` (1–51) fraction bits after the leading one,
+/// half away from zero (0 and non-finite values unchanged).
+pub fn round_bits(x: f64, bits: u32) -> f64 {
     if x == 0.0 || !x.is_finite() {
         return x;
     }
-    let e = x.abs().log2().floor() as i32;
-    let q = 2f64.powi(e - bits);
-    (x / q).round() * q
+    let shift = 52 - bits.clamp(1, 51);
+    let half = 1u64 << (shift - 1);
+    let keep = !((1u64 << shift) - 1);
+    f64::from_bits((x.to_bits() + half) & keep)
+}
+
+/// The largest power of two not above `x` (> 0, finite, normal).
+fn pow2_floor(x: f64) -> f64 {
+    f64::from_bits(x.to_bits() & (0x7ffu64 << 52))
 }
 
 /// `x` rounded to a power-of-two step no larger than `sigma / q`.
@@ -117,7 +124,11 @@ pub fn quantise(x: f64, sigma: f64, q: f64) -> f64 {
     if q <= 0.0 || !sigma.is_finite() || sigma <= 0.0 {
         return x;
     }
-    let step = 2f64.powi((sigma / q).log2().floor() as i32);
+    let r = sigma / q;
+    if !r.is_normal() {
+        return x;
+    }
+    let step = pow2_floor(r);
     (x / step).round() * step
 }
 
@@ -409,9 +420,9 @@ pub fn observe(obj: &MockObject, survey: MockSurvey, seed: u64, cfg: &ObserveCon
         let lsf: Vec<f64> = wavelength.iter().map(|&w| survey.lsf_sigma(&name, w)).collect();
         let mut model = vec![0.0; g.len];
         let arm_name = name.clone();
-        obj.model.evaluate_at(z, &vacuum, &|w| survey.lsf_sigma(&arm_name, w), &mut model);
+        let mut continuum = obj.model.evaluate_at(z, &vacuum, &|w| survey.lsf_sigma(&arm_name, w), &mut model);
         model.iter_mut().for_each(|m| *m *= unit);
-        let continuum: Vec<f64> = obj.model.continuum_at(z, &vacuum).into_iter().map(|c| c * unit).collect();
+        continuum.iter_mut().for_each(|c| *c *= unit);
         arms.push(new_arm(name, g, wavelength, &vacuum, model, continuum, lsf));
     }
     let mut obs = Observation {
@@ -477,12 +488,13 @@ fn new_arm(
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The element of rank n/2 (the upper median).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let k = v.len() / 2;
+    *v.select_nth_unstable_by(k, f64::total_cmp).1
 }
 
 /// Marks pixels without data: σ = ∞, flux 0, `bits` set (pixels already

@@ -37,7 +37,15 @@ pub fn planck_rel(lambda: f64, teff: f64) -> f64 {
 }
 
 fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
+    // Far from the transition the value is 0 or 1 to double precision;
+    // skipping the exponential there keeps continuum evaluation cheap.
+    if x < -40.0 {
+        0.0
+    } else if x > 40.0 {
+        1.0
+    } else {
+        1.0 / (1.0 + (-x).exp())
+    }
 }
 
 /// Standard normal CDF (Abramowitz & Stegun 7.1.26 for erf, |ε| < 1.5e-7).
@@ -87,25 +95,61 @@ pub enum Continuum {
     },
 }
 
-fn old_population(lambda: f64, break_depth: f64) -> f64 {
+/// Temperature of the old population's Planck-like continuum, K.
+const OLD_TEFF: f64 = 4800.0;
+
+/// `B_λ(T)` up to a constant: `λ⁻⁵ / (exp(hc/λkT) − 1)`, with λ in units
+/// of 5500 Å.
+fn planck_shape(lambda: f64, teff: f64) -> f64 {
+    let x = HC_OVER_K / (lambda * teff);
+    (5500.0 / lambda).powi(5) / x.exp_m1()
+}
+
+/// Per-continuum constants, computed once per evaluation.
+struct Prepared {
+    /// 1 / shape at 5500 Å of the star (or the old population).
+    star_norm: f64,
+    old_norm: f64,
+}
+
+fn old_population(p: &Prepared, lambda: f64, break_depth: f64) -> f64 {
     let uv = if lambda < 2800.0 {
         (lambda / 2800.0).powi(3)
     } else {
         1.0
     };
-    planck_rel(lambda, 4800.0) * (1.0 - break_depth * sigmoid((4000.0 - lambda) / 25.0)) * uv
+    planck_shape(lambda, OLD_TEFF) * p.old_norm * (1.0 - break_depth * sigmoid((4000.0 - lambda) / 25.0)) * uv
 }
 
 impl Continuum {
+    fn prepare(&self) -> Prepared {
+        let old_norm = 1.0 / planck_shape(5500.0, OLD_TEFF);
+        let star_norm = match *self {
+            Continuum::Star { teff, .. } => 1.0 / planck_shape(5500.0, teff),
+            _ => 1.0,
+        };
+        Prepared { star_norm, old_norm }
+    }
+
     /// The continuum at rest wavelength `lambda` (Å).
     pub fn at(&self, lambda: f64) -> f64 {
+        self.at_prepared(&self.prepare(), lambda)
+    }
+
+    /// The continuum at each rest wavelength of `lambdas`, times `scale`.
+    pub fn many(&self, lambdas: impl Iterator<Item = f64>, scale: f64) -> Vec<f64> {
+        let p = self.prepare();
+        lambdas.map(|l| scale * self.at_prepared(&p, l)).collect()
+    }
+
+    fn at_prepared(&self, p: &Prepared, lambda: f64) -> f64 {
         match *self {
             Continuum::Galaxy {
                 young,
                 break_depth,
                 dust,
             } => {
-                let old = old_population(lambda, break_depth);
+                let old = old_population(p, lambda, break_depth);
                 let yng = (lambda / 5500.0).powf(-2.2) * (1.0 - 0.25 * sigmoid((3646.0 - lambda) / 15.0));
                 ((1.0 - young) * old + young * yng) * (lambda / 5500.0).powf(dust)
             }
@@ -116,14 +160,20 @@ impl Continuum {
             } => {
                 let pl = (lambda / 5500.0).powf(alpha_lambda);
                 let b = bump * (-0.5 * ((lambda - 3000.0) / 700.0).powi(2)).exp();
-                (1.0 - host) * (pl + b) + host * old_population(lambda, 0.45)
+                let h = if host > 0.0 {
+                    host * old_population(p, lambda, 0.45)
+                } else {
+                    0.0
+                };
+                (1.0 - host) * (pl + b) + h
             }
             Continuum::Star {
                 teff,
                 blanketing,
                 balmer_jump,
             } => {
-                planck_rel(lambda, teff)
+                planck_shape(lambda, teff)
+                    * p.star_norm
                     * (1.0 - blanketing * sigmoid((4200.0 - lambda) / 250.0))
                     * (1.0 - balmer_jump * sigmoid((3646.0 - lambda) / 12.0))
             }
@@ -232,23 +282,22 @@ impl Model {
     /// strictly increasing, observed frame) seen with an LSF of Gaussian σ
     /// `lsf(λ)` (Å), writing the flux density into `out`.
     pub fn evaluate(&self, grid: &[f64], lsf: &dyn Fn(f64) -> f64, out: &mut [f64]) {
-        self.evaluate_at(self.z, grid, lsf, out)
+        self.evaluate_at(self.z, grid, lsf, out);
     }
 
     /// As [`Model::evaluate`] with the object's lines and continuum at
     /// redshift `z` instead of [`Model::z`] (`z = 0` gives the rest frame,
     /// as APOGEE's `apStar` files hold it). The observed-frame forest is
-    /// not moved.
-    pub fn evaluate_at(&self, z: f64, grid: &[f64], lsf: &dyn Fn(f64) -> f64, out: &mut [f64]) {
+    /// not moved. Returns the continuum alone (no lines, bands or forest)
+    /// on the grid, as [`Model::continuum_at`] gives it.
+    pub fn evaluate_at(&self, z: f64, grid: &[f64], lsf: &dyn Fn(f64) -> f64, out: &mut [f64]) -> Vec<f64> {
         let n = grid.len().min(out.len());
         let (grid, out) = (&grid[..n], &mut out[..n]);
         let zp1 = 1.0 + z;
         let norm = self.amplitude;
+        let plain = self.continuum_at(z, grid);
         // Continuum with bands.
-        let mut cont: Vec<f64> = grid
-            .iter()
-            .map(|&w| norm * self.continuum.at(w / zp1))
-            .collect();
+        let mut cont = plain.clone();
         for b in &self.bands {
             let head = b.head * zp1;
             let scale = b.scale * zp1;
@@ -306,6 +355,7 @@ impl Model {
                 out[i] *= t[i];
             }
         }
+        plain
     }
 
     /// The continuum alone (no lines, no bands, no forest) at the vacuum
@@ -318,9 +368,7 @@ impl Model {
     /// As [`Model::continuum_on`] at redshift `z`.
     pub fn continuum_at(&self, z: f64, grid: &[f64]) -> Vec<f64> {
         let zp1 = 1.0 + z;
-        grid.iter()
-            .map(|&w| self.amplitude * self.continuum.at(w / zp1))
-            .collect()
+        self.continuum.many(grid.iter().map(|&w| w / zp1), self.amplitude)
     }
 }
 

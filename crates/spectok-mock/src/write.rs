@@ -68,18 +68,14 @@ fn q_like(arm: &Arm, i: usize, x: f64, q: f64) -> f64 {
 
 /// Median S/N of the valid pixels (`flux/σ` of the model).
 fn snr_of(arm: &Arm) -> f64 {
-    let mut v: Vec<f64> = arm
-        .model
-        .iter()
-        .zip(&arm.sigma)
-        .filter(|(_, s)| s.is_finite())
-        .map(|(m, s)| m / s)
-        .collect();
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    crate::observe::median(
+        arm.model
+            .iter()
+            .zip(&arm.sigma)
+            .filter(|(_, s)| s.is_finite())
+            .map(|(m, s)| m / s)
+            .collect(),
+    )
 }
 
 fn arm0(obs: &Observation) -> &Arm {
@@ -189,6 +185,9 @@ fn source_type(obj: &MockObject) -> &'static str {
 
 // ---------------------------------------------------------------- DESI
 
+/// The `thru` night of every mock DESI coadd.
+pub const DESI_NIGHT: u32 = 20250101;
+
 /// A DESI fibre: the object (`None` for a sky fibre) and its observation.
 pub type Fibre<'a> = (Option<&'a MockObject>, &'a Observation);
 
@@ -197,7 +196,7 @@ pub type Fibre<'a> = (Option<&'a MockObject>, &'a Observation);
 /// the matching `redrock-*` file (`REDSHIFTS`, `FIBERMAP`). Returns both
 /// paths relative to the root.
 pub fn desi(t: &Target, tile: u32, petal: u32, fibres: &[Fibre]) -> Result<(PathBuf, PathBuf)> {
-    let night = 20250101;
+    let night = DESI_NIGHT;
     let stem = format!("{petal}-{tile}-thru{night}.fits");
     let rel = t.name(format!("desi/coadd-{stem}"));
     let rel_rr = t.name(format!("desi/redrock-{stem}"));
