@@ -5,11 +5,12 @@
 
 use clap::{Parser, Subcommand};
 
+mod fuzz;
 mod mock;
 
 /// spectok developer tasks.
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "spectok developer tasks", version)]
+#[command(name = "xtask", bin_name = "cargo xtask", about = "spectok developer tasks", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,16 +18,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write mock survey spectra (SDSS, DESI, APOGEE, GALAH, LAMOST layouts
-    /// and spectok shards). MOCKS FOR TESTING AND BENCHMARKING, NOT A
-    /// SUBSTITUTE FOR SURVEY DATA.
+    /// Write mock survey spectra in real survey file layouts — mocks for
+    /// testing and benchmarking, NOT a substitute for survey data.
+    ///
+    /// Writes labelled, physically grounded mock spectra — galaxies,
+    /// quasars and stars observed by SDSS/BOSS, DESI, APOGEE, GALAH and
+    /// LAMOST LRS on their native grids — as spec-*, coadd-*/redrock-*,
+    /// apStar/aspcapStar, GALAH per-CCD and LAMOST files, plus spectok HDF5
+    /// shards and a catalogue (mock-objects.csv).
+    ///
+    /// THESE ARE MOCKS FOR TESTING AND BENCHMARKING, NOT A SUBSTITUTE FOR
+    /// SURVEY DATA. Every file carries MOCK = T in its primary header.
+    ///
+    /// Output is deterministic in --seed: the same options write the same
+    /// bytes, whatever the number of threads.
     MockSurvey(mock::Args),
+    /// Run one fuzz target of fuzz/ (cargo-fuzz) for a while, seeded from
+    /// the real survey files, and report executions and crashes.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::MockSurvey(args) => mock::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -18,14 +18,6 @@ pub enum Preset {
 /// Arguments of `mock-survey`.
 #[derive(clap::Args, Debug)]
 #[command(
-    about = "Write mock survey spectra in real survey file layouts",
-    long_about = "Write labelled, physically grounded mock spectra — galaxies, quasars and \
-stars observed by SDSS/BOSS, DESI, APOGEE, GALAH and LAMOST LRS on their native grids — \
-as spec-*, coadd-*/redrock-*, apStar/aspcapStar, GALAH per-CCD and LAMOST files plus spectok \
-HDF5 shards and a catalogue (mock-objects.csv).\n\n\
-THESE ARE MOCKS FOR TESTING AND BENCHMARKING, NOT A SUBSTITUTE FOR SURVEY DATA. Every file \
-carries MOCK = T in its primary header.\n\n\
-Output is deterministic in --seed: the same options write the same bytes.",
     after_help = "Examples:\n  cargo xtask mock-survey --preset demo\n  cargo xtask mock-survey --count 100000 --out /tmp/mock100k\n  cargo xtask mock-survey --count 500 --fractions apogee=1 --no-shards --out /tmp/apogee"
 )]
 pub struct Args {
@@ -108,12 +100,24 @@ fn parse_fractions(s: &str) -> Result<[f64; 5]> {
 }
 
 /// Names of what a run writes at the top of its directory.
-const OUTPUTS: [&str; 7] = ["sdss", "desi", "apogee", "galah", "lamost", "shards", "mock-objects.csv"];
+const OUTPUTS: [&str; 7] = [
+    "sdss",
+    "desi",
+    "apogee",
+    "galah",
+    "lamost",
+    "shards",
+    "mock-objects.csv",
+];
 
 /// Removes earlier mock output from `dir`, or refuses if there is some and
 /// `overwrite` is off.
 fn prepare_dir(dir: &Path, overwrite: bool) -> Result<()> {
-    let present: Vec<PathBuf> = OUTPUTS.iter().map(|n| dir.join(n)).filter(|p| p.exists()).collect();
+    let present: Vec<PathBuf> = OUTPUTS
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| p.exists())
+        .collect();
     if present.is_empty() {
         return Ok(());
     }
@@ -184,15 +188,21 @@ pub fn run(args: Args) -> Result<()> {
     cfg.validate()?;
 
     eprintln!("spectok mock-survey: {DISCLAIMER}");
-    prepare_dir(&out, args.overwrite || matches!(args.preset, Some(Preset::Demo)))?;
+    prepare_dir(
+        &out,
+        args.overwrite || matches!(args.preset, Some(Preset::Demo)),
+    )?;
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let progress = |done: u64, total: u64| {
-        let pct = if total == 0 { 100 } else { done * 100 / total };
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
         // Report every 10 %.
         if pct / 10 > last.load(Ordering::Relaxed) / 10 || done == total {
             last.store(pct, Ordering::Relaxed);
-            eprintln!("  {done}/{total} spectra ({pct}%) after {:.1} s", start.elapsed().as_secs_f64());
+            eprintln!(
+                "  {done}/{total} spectra ({pct}%) after {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
         }
     };
     let summary = spectok_mock::generate(&cfg, &out, &progress)?;

@@ -5,10 +5,13 @@
 //! exit codes). The library crates know nothing of it.
 
 mod convert;
+mod embed;
 mod inspect;
+mod merge;
 mod plot;
 mod pretrain;
 mod progress;
+mod reconstruct;
 
 use std::process::ExitCode;
 
@@ -29,6 +32,9 @@ enum Command {
     Convert(convert::Args),
     Pretrain(pretrain::Args),
     Plot(plot::Args),
+    Embed(embed::Args),
+    Merge(merge::Args),
+    Reconstruct(reconstruct::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +44,9 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert::run(a),
         Command::Pretrain(a) => pretrain::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::Embed(a) => embed::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Reconstruct(a) => reconstruct::run(a),
     };
     match result {
         Ok(code) => code,

@@ -6,7 +6,9 @@ use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
-use spectok_train::{read_metrics, Example, Reconstructions, Record, METRICS_FILE, RECONSTRUCTIONS_FILE};
+use spectok_train::{
+    read_metrics, Example, Reconstructions, Record, METRICS_FILE, RECONSTRUCTIONS_FILE,
+};
 
 /// Draw a run's loss curves and example reconstructions as PNG files.
 ///
@@ -62,7 +64,7 @@ const FONT_CANDIDATES: &[&str] = &[
 
 /// Registers a system font as `sans-serif` once per process; whether one
 /// was found.
-fn fonts_available() -> bool {
+pub(crate) fn fonts_available() -> bool {
     static FONT: OnceLock<bool> = OnceLock::new();
     *FONT.get_or_init(|| {
         let env = std::env::var_os("SPECTOK_FONT").map(PathBuf::from);
@@ -172,12 +174,18 @@ fn draw_losses(records: &[Record], path: &Path, text: bool) -> Result<bool> {
         if let Record::Val { step, loss, .. } = r {
             for (survey, l) in loss {
                 if l.is_finite() && *l > 0.0 {
-                    val.entry(survey.clone()).or_default().push((*step as f64, *l));
+                    val.entry(survey.clone())
+                        .or_default()
+                        .push((*step as f64, *l));
                 }
             }
         }
     }
-    let all: Vec<(f64, f64)> = train.iter().chain(val.values().flatten()).copied().collect();
+    let all: Vec<(f64, f64)> = train
+        .iter()
+        .chain(val.values().flatten())
+        .copied()
+        .collect();
     if all.is_empty() {
         return Ok(false);
     }
@@ -213,15 +221,18 @@ fn draw_losses(records: &[Record], path: &Path, text: bool) -> Result<bool> {
     let grey = RGBColor(90, 90, 90);
     let s = chart.draw_series(LineSeries::new(train.iter().copied(), grey.stroke_width(2)))?;
     if text {
-        s.label("train")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2)));
+        s.label("train").legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2))
+        });
     }
     for (i, (survey, pts)) in val.iter().enumerate() {
         let c = palette(i);
         let s = chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(3)))?;
         if text {
             s.label(format!("validation {survey}"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
+                });
         }
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))?;
     }
@@ -266,7 +277,10 @@ fn runs(w: &[f64]) -> Vec<(usize, usize)> {
 fn panels(w: &[f64], runs: &[(usize, usize)]) -> Vec<Vec<(usize, usize)>> {
     let span = |r: &(usize, usize)| (w[r.0], w[r.1 - 1]);
     let lo = runs.iter().map(|r| span(r).0).fold(f64::INFINITY, f64::min);
-    let hi = runs.iter().map(|r| span(r).1).fold(f64::NEG_INFINITY, f64::max);
+    let hi = runs
+        .iter()
+        .map(|r| span(r).1)
+        .fold(f64::NEG_INFINITY, f64::max);
     let tol = 0.1 * (hi - lo);
     let mut sorted = runs.to_vec();
     sorted.sort_by(|a, b| span(a).0.total_cmp(&span(b).0));
@@ -297,8 +311,16 @@ fn quantile(v: &[f64], q: f64) -> Option<f64> {
 
 /// Half-widths of pixel `i` on each side (for shading single pixels).
 fn pixel_extent(w: &[f64], i: usize, run: (usize, usize)) -> (f64, f64) {
-    let left = if i > run.0 { (w[i] - w[i - 1]) / 2.0 } else { 0.0 };
-    let right = if i + 1 < run.1 { (w[i + 1] - w[i]) / 2.0 } else { 0.0 };
+    let left = if i > run.0 {
+        (w[i] - w[i - 1]) / 2.0
+    } else {
+        0.0
+    };
+    let right = if i + 1 < run.1 {
+        (w[i + 1] - w[i]) / 2.0
+    } else {
+        0.0
+    };
     let l = if left > 0.0 { left } else { right };
     let r = if right > 0.0 { right } else { l };
     (w[i] - l, w[i] + r)
@@ -327,7 +349,11 @@ fn draw_example(ex: &Example, recon: &Reconstructions, path: &Path, text: bool) 
     let w = &ex.wavelength;
     let n = w.len();
     if n == 0 || ex.flux.len() != n || ex.reconstruction.len() != n || ex.sigma.len() != n {
-        bail!("{}: example {} has inconsistent arrays", path.display(), ex.id);
+        bail!(
+            "{}: example {} has inconsistent arrays",
+            path.display(),
+            ex.id
+        );
     }
     let valid = |i: usize| ex.valid.get(i).copied().unwrap_or(false);
     let hidden = |i: usize| ex.hidden.get(i).copied().unwrap_or(false);
@@ -335,7 +361,10 @@ fn draw_example(ex: &Example, recon: &Reconstructions, path: &Path, text: bool) 
     let groups = panels(w, &runs);
 
     // A robust y range over observed and reconstructed flux.
-    let obs: Vec<f64> = (0..n).filter(|&i| valid(i)).map(|i| ex.flux[i] as f64).collect();
+    let obs: Vec<f64> = (0..n)
+        .filter(|&i| valid(i))
+        .map(|i| ex.flux[i] as f64)
+        .collect();
     let rec: Vec<f64> = ex.reconstruction.iter().map(|&r| r as f64).collect();
     let both: Vec<f64> = obs.iter().chain(&rec).copied().collect();
     let lo = quantile(&both, 0.005).unwrap_or(0.0);
@@ -374,8 +403,15 @@ fn draw_example(ex: &Example, recon: &Reconstructions, path: &Path, text: bool) 
 
     for (k, (area, group)) in areas.iter().zip(&groups).enumerate() {
         let x0 = group.iter().map(|r| w[r.0]).fold(f64::INFINITY, f64::min);
-        let x1 = group.iter().map(|r| w[r.1 - 1]).fold(f64::NEG_INFINITY, f64::max);
-        let (x0, x1) = if x1 > x0 { (x0, x1) } else { (x0 - 1.0, x0 + 1.0) };
+        let x1 = group
+            .iter()
+            .map(|r| w[r.1 - 1])
+            .fold(f64::NEG_INFINITY, f64::max);
+        let (x0, x1) = if x1 > x0 {
+            (x0, x1)
+        } else {
+            (x0 - 1.0, x0 + 1.0)
+        };
         let mut builder = ChartBuilder::on(area);
         builder.margin(10);
         if text {
@@ -392,7 +428,8 @@ fn draw_example(ex: &Example, recon: &Reconstructions, path: &Path, text: bool) 
         if text {
             mesh.label_style(("sans-serif", 14));
             if k == 0 {
-                mesh.y_desc("normalised flux").axis_desc_style(("sans-serif", 16));
+                mesh.y_desc("normalised flux")
+                    .axis_desc_style(("sans-serif", 16));
             }
             mesh.x_desc("wavelength [Å]");
         } else {
@@ -467,11 +504,15 @@ fn draw_example(ex: &Example, recon: &Reconstructions, path: &Path, text: bool) 
             chart
                 .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())?
                 .label("invalid pixels")
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], invalid_shade.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 20, y + 5)], invalid_shade.filled())
+                });
             chart
                 .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())?
                 .label("hidden from encoder")
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], hidden_shade.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 20, y + 5)], hidden_shade.filled())
+                });
             chart
                 .configure_series_labels()
                 .position(SeriesLabelPosition::UpperLeft)
@@ -523,9 +564,13 @@ mod tests {
             survey: spectok_io::Survey::Galah,
             medium: spectok_io::Medium::Air,
             log_scale: 2.5,
-            flux: (0..n).map(|i| 1.0 + 0.1 * ((i as f32) * 0.3).sin()).collect(),
+            flux: (0..n)
+                .map(|i| 1.0 + 0.1 * ((i as f32) * 0.3).sin())
+                .collect(),
             sigma: vec![0.05; n],
-            reconstruction: (0..n).map(|i| 1.0 + 0.08 * ((i as f32) * 0.3).sin()).collect(),
+            reconstruction: (0..n)
+                .map(|i| 1.0 + 0.08 * ((i as f32) * 0.3).sin())
+                .collect(),
             valid: (0..n).map(|i| !(50..60).contains(&i)).collect(),
             hidden: (0..n).map(|i| (100..116).contains(&i)).collect(),
             wavelength: w,

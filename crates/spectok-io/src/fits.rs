@@ -101,6 +101,7 @@ fn bitpix_of(t: &ImageType) -> i32 {
 impl Fits {
     /// Opens `path` read-only. gzip-compressed files are read as they are.
     pub fn open(path: &Path) -> Result<Fits> {
+        check_compression(path)?;
         let file = FitsFile::open(path).map_err(|e| {
             Error::bad(
                 Location::file(path),
@@ -508,14 +509,14 @@ impl Fits {
 
     /// Reads a text column (one string per row, trimmed).
     pub fn read_col_text(&mut self, index: usize, column: &str) -> Result<Vec<String>> {
-        let (hdu, d) = self.table(index, column)?;
-        let name = d.columns[d.column_index(column).unwrap_or(0)].clone();
-        hdu.read_col::<String>(&mut self.file, &name)
+        let (_, d) = self.table(index, column)?;
+        let col = d.column_index(column).unwrap_or(0);
+        self.read_text_cells(col, 0..d.rows)
             .map(|v| v.into_iter().map(|s| s.trim().to_string()).collect())
-            .map_err(|e| {
+            .map_err(|status| {
                 Error::bad(
                     self.loc(index).field(column),
-                    format!("cannot read column: {}", msg(&e)),
+                    format!("cannot read column: {}", status_text(status)),
                 )
             })
     }
@@ -656,9 +657,14 @@ impl Fits {
         };
         let fail = |e: fitsio::errors::Error| format!("cannot read identifier: {}", msg(&e));
         match typ {
-            Some(T::String | T::Text) => hdu
-                .read_col_range::<String>(&mut self.file, &name, &(row..row + 1))
-                .map_err(|e| Error::bad(self.loc(index).field(column).row(row as u64), fail(e)))?
+            Some(T::String | T::Text) => self
+                .read_text_cells(i, row..row + 1)
+                .map_err(|status| {
+                    Error::bad(
+                        self.loc(index).field(column).row(row as u64),
+                        format!("cannot read identifier: {}", status_text(status)),
+                    )
+                })?
                 .into_iter()
                 .next()
                 .map(|s| s.trim().to_string())
@@ -879,4 +885,149 @@ impl Fits {
         }
         Ok(())
     }
+}
+
+impl Fits {
+    /// Reads rows `rows` of text column `col` (0-based) of the current HDU
+    /// (callers move there first, e.g. through [`Fits::table`]) with cfitsio
+    /// directly. Each row gets a buffer as wide as cfitsio may write: the
+    /// column's string width or display width, whichever is larger, plus
+    /// the terminating NUL (`fitsio`'s own string-column reader leaves no
+    /// room for the NUL and writes one byte past its buffers). Errors are
+    /// cfitsio status codes.
+    fn read_text_cells(&mut self, col: usize, rows: Range<usize>) -> Result<Vec<String>, i32> {
+        use fitsio::sys;
+        use std::os::raw::{c_char, c_int};
+        const BAD_COL_NUM: i32 = 302;
+        let colnum = c_int::try_from(col + 1).map_err(|_| BAD_COL_NUM)?;
+        let nrows = rows.len();
+        if nrows == 0 {
+            return Ok(Vec::new());
+        }
+        // SAFETY: the handle is open; the pointer is used only below while
+        // `self.file` is borrowed by nothing else.
+        let fptr = unsafe { self.file.as_raw() };
+        let (mut status, mut typecode, mut repeat, mut width) = (0, 0, 0, 0);
+        let mut display: c_int = 0;
+        // SAFETY: the handle is open and positioned on a table HDU; the
+        // out-pointers are live locals.
+        unsafe {
+            sys::ffgtclll(
+                fptr,
+                colnum,
+                &mut typecode,
+                &mut repeat,
+                &mut width,
+                &mut status,
+            );
+            sys::ffgcdw(fptr, colnum, &mut display, &mut status);
+        }
+        if status != 0 {
+            return Err(status);
+        }
+        let chars = [repeat, width, sys::LONGLONG::from(display)]
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+            .max(0);
+        let chars = usize::try_from(chars).map_err(|_| BAD_COL_NUM)?;
+        // The table's own size was checked against MAX_ELEMENTS by the
+        // caller; guard the buffer total all the same.
+        if nrows.saturating_mul(chars + 1) > MAX_ELEMENTS {
+            return Err(BAD_COL_NUM);
+        }
+        let mut bufs: Vec<Vec<c_char>> = vec![vec![0; chars + 1]; nrows];
+        let mut ptrs: Vec<*mut c_char> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
+        let mut nulval = [0 as c_char; 1];
+        let mut anynul: c_int = 0;
+        let first = sys::LONGLONG::try_from(rows.start + 1).map_err(|_| BAD_COL_NUM)?;
+        let nelem = sys::LONGLONG::try_from(nrows).map_err(|_| BAD_COL_NUM)?;
+        // SAFETY: `ptrs` holds `nrows` pointers to buffers of `chars + 1`
+        // bytes, and cfitsio writes at most the column's string (or display)
+        // width plus a NUL into each; `bufs` outlives the call.
+        unsafe {
+            sys::ffgcvs(
+                fptr,
+                colnum,
+                first,
+                1,
+                nelem,
+                nulval.as_mut_ptr(),
+                ptrs.as_mut_ptr(),
+                &mut anynul,
+                &mut status,
+            );
+        }
+        if status != 0 {
+            return Err(status);
+        }
+        Ok(bufs
+            .iter()
+            .map(|b| {
+                let bytes: Vec<u8> = b
+                    .iter()
+                    .take_while(|&&c| c != 0)
+                    .map(|&c| c as u8)
+                    .collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .collect())
+    }
+}
+
+/// Largest size a gzip-compressed FITS file may decompress to. cfitsio
+/// decompresses such files into memory, so this bounds what a small
+/// compressed file can make it allocate.
+pub const MAX_GZIP_BYTES: u64 = 1 << 30;
+
+/// Refuses, before cfitsio sees them, compressed files that would make it
+/// allocate without bound: cfitsio decompresses gzip files into memory,
+/// sized first by the gzip trailer (which a corrupt file can set to 4 GiB)
+/// and then growing with the data (which a small file can make huge).
+/// A gzip file must decompress cleanly to at most [`MAX_GZIP_BYTES`] and
+/// agree with its trailer; the other compressions cfitsio would accept
+/// (Unix compress, pack, LZH, zip) are refused.
+fn check_compression(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let os = |source| Error::Os {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bad = |why: String| Error::bad(Location::file(path), why);
+    let mut file = std::fs::File::open(path).map_err(os)?;
+    let mut magic = [0u8; 4];
+    let n = file.read(&mut magic).map_err(os)?;
+    let magic = &magic[..n];
+    match magic {
+        [0x1f, 0x8b, ..] => {}
+        [0x1f, 0x9d | 0x1e | 0xa0, ..] | [b'P', b'K', 3, 4] => {
+            return Err(bad(
+                "compressed with a method spectok does not read (only gzip is)".into(),
+            ))
+        }
+        _ => return Ok(()),
+    }
+    file.seek(SeekFrom::Start(0)).map_err(os)?;
+    let mut decoder =
+        flate2::read::GzDecoder::new(std::io::BufReader::new(&mut file)).take(MAX_GZIP_BYTES + 1);
+    let size = std::io::copy(&mut decoder, &mut std::io::sink())
+        .map_err(|e| bad(format!("corrupt gzip data: {e}")))?;
+    if size > MAX_GZIP_BYTES {
+        return Err(bad(format!(
+            "gzip data decompresses to more than {MAX_GZIP_BYTES} bytes"
+        )));
+    }
+    let mut trailer = [0u8; 4];
+    file.seek(SeekFrom::End(-4))
+        .and_then(|_| file.read_exact(&mut trailer))
+        .map_err(os)?;
+    let claimed = u32::from_le_bytes(trailer);
+    // The trailer holds the size modulo 2^32; `size` is below 2^32.
+    if u64::from(claimed) != size {
+        return Err(bad(format!(
+            "gzip trailer claims {claimed} bytes but the data decompresses to {size} \
+             (concatenated or corrupt gzip)"
+        )));
+    }
+    Ok(())
 }

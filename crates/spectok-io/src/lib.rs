@@ -11,6 +11,7 @@
 //! [`Error`] naming file, HDU/dataset and field); it knows nothing of
 //! batching, tensors or the command line.
 
+pub mod embeddings;
 pub mod error;
 pub mod fits;
 pub mod format;

@@ -304,7 +304,11 @@ impl ShardWriter {
                 format!("cannot {what}: {}", one_line(&e)),
             )
         };
-        let file = hdf5::File::create(&tmp).map_err(|e| bad("create HDF5 file", e))?;
+        // A create that fails part-way (e.g. a full disk) can leave the file.
+        let file = hdf5::File::create(&tmp).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            bad("create HDF5 file", e)
+        })?;
         let setup = || -> hdf5::Result<WriteCols> {
             file.new_attr::<u32>()
                 .create(SHARD_MARKER)?

@@ -209,13 +209,19 @@ impl FitsOut {
 
     fn current(&mut self, index: usize) -> Result<FitsHdu> {
         let tmp = self.tmp.clone();
-        self.f()?.hdu(index).map_err(|e| err(&tmp, format!("HDU {index}"), e))
+        self.f()?
+            .hdu(index)
+            .map_err(|e| err(&tmp, format!("HDU {index}"), e))
     }
 
     fn check_len(&self, shape: &[usize], px: &Pixels) -> Result<()> {
         let n: usize = shape.iter().product();
         if n != px.len() {
-            return Err(err(&self.tmp, "image", format!("{} values for shape {shape:?}", px.len())));
+            return Err(err(
+                &self.tmp,
+                "image",
+                format!("{} values for shape {shape:?}", px.len()),
+            ));
         }
         Ok(())
     }
@@ -244,7 +250,11 @@ impl FitsOut {
             fitsio::sys::ffdkey(f.as_raw(), name.as_ptr(), &mut status);
         }
         if status != 0 {
-            return Err(err(&tmp, format!("cannot delete {key}"), format!("cfitsio status {status}")));
+            return Err(err(
+                &tmp,
+                format!("cannot delete {key}"),
+                format!("cfitsio status {status}"),
+            ));
         }
         Ok(())
     }
@@ -268,10 +278,20 @@ impl FitsOut {
                     // SAFETY: `f` is open and current at `hdu`; cfitsio only
                     // reads the NUL-terminated strings during the call.
                     unsafe {
-                        fitsio::sys::ffpkyl(f.as_raw(), name.as_ptr(), *v as i32, com.as_ptr(), &mut status);
+                        fitsio::sys::ffpkyl(
+                            f.as_raw(),
+                            name.as_ptr(),
+                            *v as i32,
+                            com.as_ptr(),
+                            &mut status,
+                        );
                     }
                     if status != 0 {
-                        return Err(err(&tmp, format!("cannot write {key}"), format!("cfitsio status {status}")));
+                        return Err(err(
+                            &tmp,
+                            format!("cannot write {key}"),
+                            format!("cfitsio status {status}"),
+                        ));
                     }
                     Ok(())
                 }
@@ -282,7 +302,13 @@ impl FitsOut {
     }
 
     /// Appends an image HDU (unnamed when `extname` is `None`) with `cards`.
-    pub fn image(&mut self, extname: Option<&str>, shape: &[usize], px: Pixels, cards: &[Card]) -> Result<()> {
+    pub fn image(
+        &mut self,
+        extname: Option<&str>,
+        shape: &[usize],
+        px: Pixels,
+        cards: &[Card],
+    ) -> Result<()> {
         self.check_len(shape, &px)?;
         let desc = ImageDescription {
             data_type: px.image_type(),

@@ -75,7 +75,11 @@ pub fn threads() -> usize {
 /// of about [`BATCH_SPECTRA`] spectra at a time; a writer thread appends
 /// each finished batch to the shards in plan order while the next batch is
 /// generated.
-pub fn generate(cfg: &MockConfig, root: &Path, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<Summary> {
+pub fn generate(
+    cfg: &MockConfig,
+    root: &Path,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Summary> {
     let plan = plan(cfg)?;
     std::fs::create_dir_all(root).map_err(|source| Error::Io {
         path: root.to_path_buf(),
@@ -152,7 +156,11 @@ pub fn generate(cfg: &MockConfig, root: &Path, progress: &(dyn Fn(u64, u64) + Sy
 
 /// Appends the batches from `rx` to `shards/mock-NNNNN.h5` under `root`,
 /// `size` spectra per shard. Returns the number of shards.
-fn write_shards(rx: std::sync::mpsc::Receiver<Vec<Spectrum>>, root: &Path, size: usize) -> Result<u64> {
+fn write_shards(
+    rx: std::sync::mpsc::Receiver<Vec<Spectrum>>,
+    root: &Path,
+    size: usize,
+) -> Result<u64> {
     let mut shard: Option<ShardWriter> = None;
     let mut count = 0u64;
     for batch in rx {
@@ -230,7 +238,11 @@ fn catalog_row(obj: &MockObject, surveys: &[MockSurvey]) -> String {
         opt(p.map(|p| p.alpha_m)),
         opt(obj.vdisp),
         opt(obj.halpha_ew),
-        surveys.iter().map(|s| s.name()).collect::<Vec<_>>().join(";"),
+        surveys
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(";"),
     );
     s
 }
@@ -265,7 +277,10 @@ pub fn unit_observations(cfg: &MockConfig, plan: &Plan, unit: &Unit) -> Result<V
     if let Unit::Desi { file, sky, .. } = unit {
         for k in 0..*sky as u64 {
             let id = -(1_000_000 + (*file as i64) * 1000 + k as i64);
-            out.push((None, observe_sky(survey, id, cfg.seed, file * 1000 + k, &cfg.observe)));
+            out.push((
+                None,
+                observe_sky(survey, id, cfg.seed, file * 1000 + k, &cfg.observe),
+            ));
         }
     }
     Ok(out)
@@ -275,14 +290,29 @@ pub fn unit_observations(cfg: &MockConfig, plan: &Plan, unit: &Unit) -> Result<V
 /// `apStar`; GALAH: the CCD 1 file), relative to the output root.
 pub fn unit_file(cfg: &MockConfig, plan: &Plan, unit: &Unit) -> PathBuf {
     let ext = if cfg.gzip { ".fits.gz" } else { ".fits" };
-    let id = |o: &u64| plan.objects.get(*o as usize).map(|_| object_id(cfg.seed, *o)).unwrap_or(0);
+    let id = |o: &u64| {
+        plan.objects
+            .get(*o as usize)
+            .map(|_| object_id(cfg.seed, *o))
+            .unwrap_or(0)
+    };
     PathBuf::from(match unit {
-        Unit::Sdss { plate, mjd, fiber, .. } => format!("sdss/{plate:04}/spec-{plate:04}-{mjd:05}-{fiber:04}{ext}"),
-        Unit::Desi { tile, petal, .. } => format!("desi/coadd-{petal}-{tile}-thru{}{ext}", write::DESI_NIGHT),
-        Unit::Apogee { object, field } => format!("apogee/mock{field:03}/apStar-r6-{}{ext}", id(object)),
+        Unit::Sdss {
+            plate, mjd, fiber, ..
+        } => format!("sdss/{plate:04}/spec-{plate:04}-{mjd:05}-{fiber:04}{ext}"),
+        Unit::Desi { tile, petal, .. } => {
+            format!("desi/coadd-{petal}-{tile}-thru{}{ext}", write::DESI_NIGHT)
+        }
+        Unit::Apogee { object, field } => {
+            format!("apogee/mock{field:03}/apStar-r6-{}{ext}", id(object))
+        }
         Unit::Galah { object, group } => format!("galah/{group:04}/{}1{ext}", id(object)),
         Unit::Lamost {
-            lmjd, plan, spid, fiber, ..
+            lmjd,
+            plan,
+            spid,
+            fiber,
+            ..
         } => format!("lamost/MOCK{plan:05}/spec-{lmjd}-MOCK{plan:05}_sp{spid:02}-{fiber:03}{ext}"),
     })
 }
@@ -362,15 +392,26 @@ fn run_unit(cfg: &MockConfig, plan: &Plan, root: &Path, unit: &Unit) -> Result<U
     }
     let mut files = 0;
     if cfg.fits {
-        let first = obs.first().ok_or_else(|| Error::Config("empty unit".into()))?;
-        let single = || first.0.as_ref().map(|o| (o, &first.1)).ok_or_else(|| Error::Config("unit without object".into()));
+        let first = obs
+            .first()
+            .ok_or_else(|| Error::Config("empty unit".into()))?;
+        let single = || {
+            first
+                .0
+                .as_ref()
+                .map(|o| (o, &first.1))
+                .ok_or_else(|| Error::Config("unit without object".into()))
+        };
         let written = match unit {
-            Unit::Sdss { plate, mjd, fiber, .. } => {
+            Unit::Sdss {
+                plate, mjd, fiber, ..
+            } => {
                 let (o, ob) = single()?;
                 vec![write::sdss(&t, *plate, *mjd, *fiber, o, ob)?]
             }
             Unit::Desi { tile, petal, .. } => {
-                let fibres: Vec<write::Fibre> = obs.iter().map(|(o, ob)| (o.as_ref(), ob)).collect();
+                let fibres: Vec<write::Fibre> =
+                    obs.iter().map(|(o, ob)| (o.as_ref(), ob)).collect();
                 let (a, b) = write::desi(&t, *tile, *petal, &fibres)?;
                 vec![a, b]
             }
@@ -384,7 +425,11 @@ fn run_unit(cfg: &MockConfig, plan: &Plan, root: &Path, unit: &Unit) -> Result<U
                 write::galah(&t, *group, o, ob)?
             }
             Unit::Lamost {
-                lmjd, plan: p, spid, fiber, ..
+                lmjd,
+                plan: p,
+                spid,
+                fiber,
+                ..
             } => {
                 let (o, ob) = single()?;
                 vec![write::lamost(&t, *lmjd, *p, *spid, *fiber, o, ob)?]
@@ -398,5 +443,9 @@ fn run_unit(cfg: &MockConfig, plan: &Plan, root: &Path, unit: &Unit) -> Result<U
     } else {
         Vec::new()
     };
-    Ok(UnitOutput { files, spectra, rows })
+    Ok(UnitOutput {
+        files,
+        spectra,
+        rows,
+    })
 }

@@ -50,7 +50,8 @@ pub const GENERATOR: &str = concat!("spectok-mock ", env!("CARGO_PKG_VERSION"));
 
 /// One-line statement that mocks are not survey data, written into every
 /// file and printed by the command.
-pub const DISCLAIMER: &str = "mock spectra for testing and benchmarking, not a substitute for survey data";
+pub const DISCLAIMER: &str =
+    "mock spectra for testing and benchmarking, not a substitute for survey data";
 
 /// Errors of the mock generator.
 #[derive(Debug, thiserror::Error)]

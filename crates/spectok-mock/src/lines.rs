@@ -156,44 +156,44 @@ use Sensitivity::*;
 /// Strong optical metal lines as (air wavelength Å, EW Å, sensitivity).
 const OPTICAL_AIR: &[(f64, f64, Sensitivity)] = &[
     // Blue: Ca II H&K are in the dedicated list; these surround them.
-    (3820.43, 0.9, Neutral),   // Fe I
-    (3859.91, 0.8, Neutral),   // Fe I
-    (4030.75, 0.5, Neutral),   // Mn I
-    (4045.81, 0.9, Neutral),   // Fe I
-    (4077.71, 0.5, Ionised),   // Sr II
-    (4226.73, 1.6, Pressure),  // Ca I
-    (4383.55, 0.9, Neutral),   // Fe I
-    (4404.75, 0.7, Neutral),   // Fe I
-    (4554.03, 0.3, Ionised),   // Ba II
-    (4703.00, 0.4, Alpha),     // Mg I
+    (3820.43, 0.9, Neutral),  // Fe I
+    (3859.91, 0.8, Neutral),  // Fe I
+    (4030.75, 0.5, Neutral),  // Mn I
+    (4045.81, 0.9, Neutral),  // Fe I
+    (4077.71, 0.5, Ionised),  // Sr II
+    (4226.73, 1.6, Pressure), // Ca I
+    (4383.55, 0.9, Neutral),  // Fe I
+    (4404.75, 0.7, Neutral),  // Fe I
+    (4554.03, 0.3, Ionised),  // Ba II
+    (4703.00, 0.4, Alpha),    // Mg I
     // GALAH CCD1 (4714–4903 Å air).
-    (4722.15, 0.10, Neutral),  // Zn I
-    (4733.59, 0.10, Neutral),  // Fe I
-    (4736.77, 0.13, Neutral),  // Fe I
-    (4741.53, 0.07, Neutral),  // Fe I
-    (4758.12, 0.06, Alpha),    // Ti I
-    (4779.98, 0.07, Ionised),  // Ti II
-    (4786.81, 0.08, Neutral),  // Fe I
-    (4798.52, 0.06, Ionised),  // Ti II
-    (4805.09, 0.08, Ionised),  // Ti II
-    (4810.53, 0.10, Neutral),  // Zn I
-    (4871.32, 0.20, Neutral),  // Fe I
-    (4872.14, 0.16, Neutral),  // Fe I
-    (4883.68, 0.09, Ionised),  // Y II
-    (4890.76, 0.20, Neutral),  // Fe I
-    (4891.49, 0.24, Neutral),  // Fe I
-    (4957.60, 0.30, Neutral),  // Fe I
-    (5167.32, 1.2, Pressure),  // Mg b (b4)
-    (5172.68, 1.3, Pressure),  // Mg b (b2)
-    (5183.60, 1.5, Pressure),  // Mg b (b1)
-    (5269.54, 0.5, Neutral),   // Fe I
-    (5328.04, 0.4, Neutral),   // Fe I
-    (5371.49, 0.3, Neutral),   // Fe I
-    (5397.13, 0.3, Neutral),   // Fe I
-    (5405.77, 0.3, Neutral),   // Fe I
-    (5446.92, 0.3, Neutral),   // Fe I
-    (5586.76, 0.25, Neutral),  // Fe I
-    (5615.64, 0.22, Neutral),  // Fe I
+    (4722.15, 0.10, Neutral), // Zn I
+    (4733.59, 0.10, Neutral), // Fe I
+    (4736.77, 0.13, Neutral), // Fe I
+    (4741.53, 0.07, Neutral), // Fe I
+    (4758.12, 0.06, Alpha),   // Ti I
+    (4779.98, 0.07, Ionised), // Ti II
+    (4786.81, 0.08, Neutral), // Fe I
+    (4798.52, 0.06, Ionised), // Ti II
+    (4805.09, 0.08, Ionised), // Ti II
+    (4810.53, 0.10, Neutral), // Zn I
+    (4871.32, 0.20, Neutral), // Fe I
+    (4872.14, 0.16, Neutral), // Fe I
+    (4883.68, 0.09, Ionised), // Y II
+    (4890.76, 0.20, Neutral), // Fe I
+    (4891.49, 0.24, Neutral), // Fe I
+    (4957.60, 0.30, Neutral), // Fe I
+    (5167.32, 1.2, Pressure), // Mg b (b4)
+    (5172.68, 1.3, Pressure), // Mg b (b2)
+    (5183.60, 1.5, Pressure), // Mg b (b1)
+    (5269.54, 0.5, Neutral),  // Fe I
+    (5328.04, 0.4, Neutral),  // Fe I
+    (5371.49, 0.3, Neutral),  // Fe I
+    (5397.13, 0.3, Neutral),  // Fe I
+    (5405.77, 0.3, Neutral),  // Fe I
+    (5446.92, 0.3, Neutral),  // Fe I
+    (5586.76, 0.25, Neutral), // Fe I
+    (5615.64, 0.22, Neutral), // Fe I
     // GALAH CCD2 (5649–5873 Å air).
     (5657.90, 0.07, Ionised),  // Sc II
     (5662.52, 0.10, Neutral),  // Fe I
@@ -221,29 +221,29 @@ const OPTICAL_AIR: &[(f64, f64, Sensitivity)] = &[
     (6393.60, 0.13, Neutral),  // Fe I
     (6439.08, 0.15, Alpha),    // Ca I
     // GALAH CCD3 (6476–6735 Å air).
-    (6481.87, 0.07, Neutral),  // Fe I
-    (6482.80, 0.05, Neutral),  // Ni I
-    (6493.78, 0.10, Alpha),    // Ca I
-    (6494.98, 0.13, Neutral),  // Fe I
-    (6496.90, 0.10, Ionised),  // Ba II
-    (6498.94, 0.05, Neutral),  // Fe I
-    (6518.37, 0.06, Neutral),  // Fe I
-    (6546.24, 0.09, Neutral),  // Fe I
-    (6554.22, 0.03, Alpha),    // Ti I
-    (6569.21, 0.05, Neutral),  // Fe I
-    (6592.91, 0.08, Neutral),  // Fe I
-    (6593.87, 0.07, Neutral),  // Fe I
-    (6604.60, 0.04, Ionised),  // Sc II
-    (6643.63, 0.08, Neutral),  // Ni I
-    (6677.99, 0.10, Neutral),  // Fe I
-    (6703.57, 0.03, Neutral),  // Fe I
-    (6707.76, 0.02, Neutral),  // Li I
-    (6717.68, 0.10, Alpha),    // Ca I
-    (6726.67, 0.04, Neutral),  // Fe I
+    (6481.87, 0.07, Neutral), // Fe I
+    (6482.80, 0.05, Neutral), // Ni I
+    (6493.78, 0.10, Alpha),   // Ca I
+    (6494.98, 0.13, Neutral), // Fe I
+    (6496.90, 0.10, Ionised), // Ba II
+    (6498.94, 0.05, Neutral), // Fe I
+    (6518.37, 0.06, Neutral), // Fe I
+    (6546.24, 0.09, Neutral), // Fe I
+    (6554.22, 0.03, Alpha),   // Ti I
+    (6569.21, 0.05, Neutral), // Fe I
+    (6592.91, 0.08, Neutral), // Fe I
+    (6593.87, 0.07, Neutral), // Fe I
+    (6604.60, 0.04, Ionised), // Sc II
+    (6643.63, 0.08, Neutral), // Ni I
+    (6677.99, 0.10, Neutral), // Fe I
+    (6703.57, 0.03, Neutral), // Fe I
+    (6707.76, 0.02, Neutral), // Li I
+    (6717.68, 0.10, Alpha),   // Ca I
+    (6726.67, 0.04, Neutral), // Fe I
     // Red.
-    (7148.15, 0.10, Alpha),    // Ca I
-    (7445.75, 0.10, Neutral),  // Fe I
-    (7511.02, 0.10, Neutral),  // Fe I
+    (7148.15, 0.10, Alpha),   // Ca I
+    (7445.75, 0.10, Neutral), // Fe I
+    (7511.02, 0.10, Neutral), // Fe I
     // GALAH CCD4 (7584–7886 Å air).
     (7583.79, 0.08, Neutral),  // Fe I
     (7586.02, 0.09, Neutral),  // Fe I
@@ -265,32 +265,32 @@ const OPTICAL_AIR: &[(f64, f64, Sensitivity)] = &[
 
 /// Strong H-band (APOGEE) lines as (air wavelength Å, EW Å, sensitivity).
 const HBAND_AIR: &[(f64, f64, Sensitivity)] = &[
-    (15163.07, 0.20, Neutral), // K I
-    (15168.38, 0.22, Neutral), // K I
-    (15194.49, 0.30, Neutral), // Fe I
-    (15207.53, 0.35, Neutral), // Fe I
-    (15217.70, 0.20, Neutral), // Mn I
-    (15262.70, 0.15, Neutral), // Mn I
-    (15294.56, 0.25, Neutral), // Fe I
-    (15395.72, 0.20, Neutral), // Fe I
-    (15490.34, 0.25, Neutral), // Fe I
-    (15648.51, 0.25, Neutral), // Fe I
-    (15715.57, 0.12, Alpha),   // Ti I
-    (15740.70, 0.35, Alpha),   // Mg I
-    (15748.99, 0.40, Alpha),   // Mg I
-    (15765.84, 0.45, Alpha),   // Mg I
-    (15960.06, 0.30, Alpha),   // Si I
-    (15964.87, 0.25, Neutral), // Fe I
-    (16040.65, 0.20, Neutral), // Fe I
-    (16060.01, 0.25, Alpha),   // Si I
-    (16094.79, 0.25, Alpha),   // Si I
-    (16150.76, 0.15, Alpha),   // Ca I
-    (16153.25, 0.20, Neutral), // Fe I
-    (16157.36, 0.15, Alpha),   // Ca I
-    (16165.03, 0.25, Neutral), // Fe I
-    (16380.65, 0.15, Alpha),   // Si I
-    (16673.70, 0.12, Neutral), // Ni I
-    (16680.77, 0.30, Alpha),   // Si I
+    (15163.07, 0.20, Neutral),  // K I
+    (15168.38, 0.22, Neutral),  // K I
+    (15194.49, 0.30, Neutral),  // Fe I
+    (15207.53, 0.35, Neutral),  // Fe I
+    (15217.70, 0.20, Neutral),  // Mn I
+    (15262.70, 0.15, Neutral),  // Mn I
+    (15294.56, 0.25, Neutral),  // Fe I
+    (15395.72, 0.20, Neutral),  // Fe I
+    (15490.34, 0.25, Neutral),  // Fe I
+    (15648.51, 0.25, Neutral),  // Fe I
+    (15715.57, 0.12, Alpha),    // Ti I
+    (15740.70, 0.35, Alpha),    // Mg I
+    (15748.99, 0.40, Alpha),    // Mg I
+    (15765.84, 0.45, Alpha),    // Mg I
+    (15960.06, 0.30, Alpha),    // Si I
+    (15964.87, 0.25, Neutral),  // Fe I
+    (16040.65, 0.20, Neutral),  // Fe I
+    (16060.01, 0.25, Alpha),    // Si I
+    (16094.79, 0.25, Alpha),    // Si I
+    (16150.76, 0.15, Alpha),    // Ca I
+    (16153.25, 0.20, Neutral),  // Fe I
+    (16157.36, 0.15, Alpha),    // Ca I
+    (16165.03, 0.25, Neutral),  // Fe I
+    (16380.65, 0.15, Alpha),    // Si I
+    (16673.70, 0.12, Neutral),  // Ni I
+    (16680.77, 0.30, Alpha),    // Si I
     (16718.96, 0.40, Pressure), // Al I
     (16750.56, 0.45, Pressure), // Al I
     (16763.36, 0.30, Pressure), // Al I
@@ -304,7 +304,9 @@ const OH_VAC: &[f64] = &[
 
 /// CO Δv = 3 band heads (3–0 … 9–6), vacuum Å; the bands degrade to the
 /// red.
-pub const CO_BANDHEADS: [f64; 7] = [15582.0, 15780.0, 15982.0, 16189.0, 16397.0, 16610.0, 16840.0];
+pub const CO_BANDHEADS: [f64; 7] = [
+    15582.0, 15780.0, 15982.0, 16189.0, 16397.0, 16610.0, 16840.0,
+];
 
 /// TiO band heads (γ, γ′ and α systems), vacuum Å; the bands degrade to
 /// the red.
@@ -430,7 +432,9 @@ mod tests {
     fn line_lists_are_sorted_and_in_range() {
         for list in [stellar_lines(), weak_lines()] {
             assert!(list.windows(2).all(|w| w[0].vacuum <= w[1].vacuum));
-            assert!(list.iter().all(|l| l.vacuum > 3000.0 && l.vacuum < 17100.0 && l.ew > 0.0));
+            assert!(list
+                .iter()
+                .all(|l| l.vacuum > 3000.0 && l.vacuum < 17100.0 && l.ew > 0.0));
         }
         assert_eq!(weak_lines().len(), 1700);
     }

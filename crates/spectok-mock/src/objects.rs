@@ -9,7 +9,9 @@
 use rand_chacha::ChaCha8Rng;
 
 use crate::lines::{self, vac, Sensitivity, StellarLine};
-use crate::physics::{curve_of_growth, Band, Continuum, Edge, Line, Model, ObservedLine, C_KMS, FWHM_PER_SIGMA};
+use crate::physics::{
+    curve_of_growth, Band, Continuum, Edge, Line, Model, ObservedLine, C_KMS, FWHM_PER_SIGMA,
+};
 use crate::rng::{normal, normal_in, poisson, stream, uniform, Purpose};
 use crate::survey::MockSurvey;
 
@@ -63,7 +65,9 @@ impl StarParams {
         ];
         for (letter, lo, hi) in bins {
             if self.teff < hi {
-                let sub = ((hi - self.teff.max(lo)) / (hi - lo) * 10.0).floor().clamp(0.0, 9.0);
+                let sub = ((hi - self.teff.max(lo)) / (hi - lo) * 10.0)
+                    .floor()
+                    .clamp(0.0, 9.0);
                 return format!("{letter}{}", sub as u32);
             }
         }
@@ -369,7 +373,10 @@ fn sample_forest(rng: &mut ChaCha8Rng, zq: f64) -> (Vec<ObservedLine>, Vec<Edge>
         }
     }
     // Lyman-limit systems (N_HI 10^17.2–10^19), ~0.3 (1+z)^1.5 per unit z.
-    let lls = poisson(rng, 0.3 * ((1.0 + z_hi) / 4.0).powf(1.5) * 4.0 * (z_hi - z_lo) / 4.0);
+    let lls = poisson(
+        rng,
+        0.3 * ((1.0 + z_hi) / 4.0).powf(1.5) * 4.0 * (z_hi - z_lo) / 4.0,
+    );
     for _ in 0..lls {
         let za = uniform(rng, z_lo, z_hi);
         let col = 10f64.powf(uniform(rng, 17.2, 19.0));
@@ -497,9 +504,15 @@ pub fn line_factor(kind: Sensitivity, teff: f64, logg: f64, fe_h: f64, alpha: f6
             ((-((teff - 6200.0) / 2200.0).powi(2)).exp() + 0.25) * z * 10f64.powf(-0.18 * g)
         }
         Sensitivity::Pressure => cool * z.powf(0.7) * 10f64.powf(0.18 * g),
-        Sensitivity::CaTriplet => ((7800.0 - teff) / 2600.0).clamp(0.3, 1.3) * z.powf(0.5) * 10f64.powf(-0.15 * g),
+        Sensitivity::CaTriplet => {
+            ((7800.0 - teff) / 2600.0).clamp(0.3, 1.3) * z.powf(0.5) * 10f64.powf(-0.15 * g)
+        }
         Sensitivity::Alpha => cool * z * 10f64.powf(0.8 * alpha) * 10f64.powf(0.05 * g),
-        Sensitivity::Oh => ((5200.0 - teff) / 1000.0).clamp(0.0, 2.0) * 10f64.powf(fe_h + alpha) * 10f64.powf(-0.1 * g),
+        Sensitivity::Oh => {
+            ((5200.0 - teff) / 1000.0).clamp(0.0, 2.0)
+                * 10f64.powf(fe_h + alpha)
+                * 10f64.powf(-0.1 * g)
+        }
     }
 }
 
@@ -529,9 +542,17 @@ fn sample_star_params(rng: &mut ChaCha8Rng) -> StarParams {
     };
     let alpha_m = ((-0.3 * fe_h).clamp(0.0, 0.3) + normal(rng, 0.0, 0.04)).clamp(-0.2, 0.5);
     let vmicro = (1.1 + 0.2 * (teff - 5000.0) / 1000.0 - 0.25 * (logg - 4.0)).clamp(0.5, 3.0);
-    let rot = if teff > 6300.0 { uniform(rng, 5.0, 60.0) } else { uniform(rng, 1.0, 6.0) };
+    let rot = if teff > 6300.0 {
+        uniform(rng, 5.0, 60.0)
+    } else {
+        uniform(rng, 1.0, 6.0)
+    };
     let vbroad = quad(rot, if giant { 5.0 } else { 3.0 });
-    let rv = if halo { normal(rng, 0.0, 120.0) } else { normal(rng, 0.0, 35.0) };
+    let rv = if halo {
+        normal(rng, 0.0, 120.0)
+    } else {
+        normal(rng, 0.0, 35.0)
+    };
     StarParams {
         teff,
         logg,
@@ -549,7 +570,8 @@ pub fn star_model(p: &StarParams, amplitude_at_6200: f64) -> Model {
     let h = hydrogen_strength(t);
     let continuum = Continuum::Star {
         teff: t,
-        blanketing: (0.55 * ((7500.0 - t) / 3500.0).clamp(0.0, 1.0) * 10f64.powf(0.3 * fe)).min(0.8),
+        blanketing: (0.55 * ((7500.0 - t) / 3500.0).clamp(0.0, 1.0) * 10f64.powf(0.3 * fe))
+            .min(0.8),
         balmer_jump: 0.45 * h,
     };
     let vline = (p.vmicro * p.vmicro + p.vbroad * p.vbroad + 1.5 * 1.5).sqrt();
@@ -577,10 +599,15 @@ pub fn star_model(p: &StarParams, amplitude_at_6200: f64) -> Model {
         hline(w, 2.0 * h + 0.1, w / vac::HALPHA);
     }
     for (n, w) in lines::brackett() {
-        hline(w, (0.25 + 2.0 * h) * (11.0 / n as f64).powf(0.8), 0.5 * w / vac::HALPHA);
+        hline(
+            w,
+            (0.25 + 2.0 * h) * (11.0 / n as f64).powf(0.8),
+            0.5 * w / vac::HALPHA,
+        );
     }
     // Ca II H & K.
-    let ew_k = (1.5 + 14.0 * ((7000.0 - t) / 2500.0).clamp(0.0, 1.2)) * 10f64.powf(0.3 * fe + 0.2 * al);
+    let ew_k =
+        (1.5 + 14.0 * ((7000.0 - t) / 2500.0).clamp(0.0, 1.2)) * 10f64.powf(0.3 * fe + 0.2 * al);
     for (w, f) in [(vac::CA_K, 1.0), (vac::CA_H, 0.85)] {
         let core = velocity_sigma(w, vline);
         absorption.push(Line {
@@ -640,13 +667,16 @@ pub fn star_model(p: &StarParams, amplitude_at_6200: f64) -> Model {
             });
         }
     }
-    let co = 0.35 * ((5200.0 - t) / 1500.0).clamp(0.0, 1.0) * 10f64.powf(0.5 * fe) * 10f64.powf(-0.15 * (g - 4.4));
+    let co = 0.2
+        * ((5200.0 - t) / 1500.0).clamp(0.0, 1.0)
+        * 10f64.powf(0.5 * fe)
+        * 10f64.powf(-0.12 * (g - 4.4));
     if co > 0.0 {
         for &head in &lines::CO_BANDHEADS {
             bands.push(Band {
                 head,
-                depth: co.min(0.6),
-                scale: 40.0,
+                depth: co.min(0.35),
+                scale: 60.0,
             });
         }
     }
@@ -717,8 +747,13 @@ mod tests {
         // (absorbers at z ≈ 2.7–3.0): FG08 gives exp(−0.0018 (1+z)^3.92).
         let mut rng = stream(9, 9, Purpose::Object, 0);
         let zq = 3.2;
-        let grid: Vec<f64> = (0..20000).map(|i| 1070.0 * (1.0 + zq) + 0.021 * i as f64).collect();
-        let grid: Vec<f64> = grid.into_iter().filter(|w| *w < 1170.0 * (1.0 + zq)).collect();
+        let grid: Vec<f64> = (0..20000)
+            .map(|i| 1070.0 * (1.0 + zq) + 0.021 * i as f64)
+            .collect();
+        let grid: Vec<f64> = grid
+            .into_iter()
+            .filter(|w| *w < 1170.0 * (1.0 + zq))
+            .collect();
         let mut mean = 0.0;
         let trials = 40;
         for _ in 0..trials {
@@ -744,7 +779,10 @@ mod tests {
         mean /= trials as f64;
         let za = 1120.0 * (1.0 + zq) / vac::LYA - 1.0;
         let expect = (-0.0018 * (1.0 + za).powf(3.92)).exp();
-        assert!((mean - expect).abs() < 0.06, "mean transmission {mean}, FG08 {expect}");
+        assert!(
+            (mean - expect).abs() < 0.06,
+            "mean transmission {mean}, FG08 {expect}"
+        );
     }
 
     #[test]

@@ -249,11 +249,11 @@ fn sky_lines() -> &'static [(f64, f64)] {
     static LINES: OnceLock<Vec<(f64, f64)>> = OnceLock::new();
     LINES.get_or_init(|| {
         let mut v = vec![
-            (5578.89, 40.0),
-            (5891.58, 8.0),
-            (5897.56, 6.0),
-            (6302.05, 20.0),
-            (6365.54, 7.0),
+            (5578.89, 25.0),
+            (5891.58, 5.0),
+            (5897.56, 4.0),
+            (6302.05, 12.0),
+            (6365.54, 4.0),
         ];
         let mut s: u64 = 0xD1B5_4A32_D192_ED03;
         let mut next = move || {
@@ -262,7 +262,7 @@ fn sky_lines() -> &'static [(f64, f64)] {
             s ^= s << 17;
             (s >> 11) as f64 / (1u64 << 53) as f64
         };
-        for (lo, hi, n, peak) in [(6800.0, 10400.0, 160, 30.0), (15100.0, 17000.0, 110, 60.0)] {
+        for (lo, hi, n, peak) in [(6800.0, 10400.0, 160, 15.0), (15100.0, 17000.0, 110, 40.0)] {
             for _ in 0..n {
                 let w = lo + (hi - lo) * next();
                 v.push((w, 2.0 + peak * next() * next()));
@@ -403,10 +403,16 @@ pub fn frame_redshift(obj: &MockObject, survey: MockSurvey) -> f64 {
 
 /// Observes `obj` with `survey`. Deterministic in `(seed, obj.index,
 /// survey)`.
-pub fn observe(obj: &MockObject, survey: MockSurvey, seed: u64, cfg: &ObserveConfig) -> Observation {
+pub fn observe(
+    obj: &MockObject,
+    survey: MockSurvey,
+    seed: u64,
+    cfg: &ObserveConfig,
+) -> Observation {
     let mut rng = stream(seed, obj.index, Purpose::Observation, survey.code());
     let (r0, m0, lo, hi) = survey.snr_model();
-    let snr = (r0 * 10f64.powf(-0.2 * (obj.mag - m0)) * normal(&mut rng, 0.0, 0.3).exp()).clamp(lo, hi);
+    let snr =
+        (r0 * 10f64.powf(-0.2 * (obj.mag - m0)) * normal(&mut rng, 0.0, 0.3).exp()).clamp(lo, hi);
     let unit = survey.flux_unit();
     let z = frame_redshift(obj, survey);
     let mut arms = Vec::new();
@@ -417,10 +423,15 @@ pub fn observe(obj: &MockObject, survey: MockSurvey, seed: u64, cfg: &ObserveCon
         } else {
             wavelength.clone()
         };
-        let lsf: Vec<f64> = wavelength.iter().map(|&w| survey.lsf_sigma(&name, w)).collect();
+        let lsf: Vec<f64> = wavelength
+            .iter()
+            .map(|&w| survey.lsf_sigma(&name, w))
+            .collect();
         let mut model = vec![0.0; g.len];
         let arm_name = name.clone();
-        let mut continuum = obj.model.evaluate_at(z, &vacuum, &|w| survey.lsf_sigma(&arm_name, w), &mut model);
+        let mut continuum =
+            obj.model
+                .evaluate_at(z, &vacuum, &|w| survey.lsf_sigma(&arm_name, w), &mut model);
         model.iter_mut().for_each(|m| *m *= unit);
         continuum.iter_mut().for_each(|c| *c *= unit);
         arms.push(new_arm(name, g, wavelength, &vacuum, model, continuum, lsf));
@@ -439,15 +450,32 @@ pub fn observe(obj: &MockObject, survey: MockSurvey, seed: u64, cfg: &ObserveCon
 
 /// A DESI sky fibre: no object, sky-subtraction residual noise only.
 /// Deterministic in `(seed, stream)`.
-pub fn observe_sky(survey: MockSurvey, id: i64, seed: u64, stream_index: u64, cfg: &ObserveConfig) -> Observation {
+pub fn observe_sky(
+    survey: MockSurvey,
+    id: i64,
+    seed: u64,
+    stream_index: u64,
+    cfg: &ObserveConfig,
+) -> Observation {
     let mut rng = stream(seed, stream_index, Purpose::File, survey.code());
     let mut arms = Vec::new();
     for (name, g) in grids(survey, &mut rng) {
         let wavelength = wavelengths(survey, &g);
-        let lsf: Vec<f64> = wavelength.iter().map(|&w| survey.lsf_sigma(&name, w)).collect();
+        let lsf: Vec<f64> = wavelength
+            .iter()
+            .map(|&w| survey.lsf_sigma(&name, w))
+            .collect();
         let n = g.len;
         let vacuum = wavelength.clone();
-        arms.push(new_arm(name, g, wavelength, &vacuum, vec![0.0; n], vec![0.0; n], lsf));
+        arms.push(new_arm(
+            name,
+            g,
+            wavelength,
+            &vacuum,
+            vec![0.0; n],
+            vec![0.0; n],
+            lsf,
+        ));
     }
     let mut obs = Observation {
         survey,
@@ -523,7 +551,12 @@ pub const BRIGHT_SKY: f64 = 7.0;
 
 /// Scales σ to the S/N (or to an absolute sky σ for sky fibres), sets
 /// masks and gaps, draws the noise and quantises the flux.
-fn add_noise(obs: &mut Observation, rng: &mut ChaCha8Rng, cfg: &ObserveConfig, sky_sigma: Option<f64>) {
+fn add_noise(
+    obs: &mut Observation,
+    rng: &mut ChaCha8Rng,
+    cfg: &ObserveConfig,
+    sky_sigma: Option<f64>,
+) {
     let survey = obs.survey;
     let sky_level = survey.sky_level();
     let m_med = median(
@@ -539,7 +572,8 @@ fn add_noise(obs: &mut Observation, rng: &mut ChaCha8Rng, cfg: &ObserveConfig, s
     for arm in &mut obs.arms {
         let n = arm.len();
         for i in 0..n {
-            let edge = 1.0 + 1.5 * (-(i as f64) / 60.0).exp() + (-((n - 1 - i) as f64) / 60.0).exp();
+            let edge =
+                1.0 + 1.5 * (-(i as f64) / 60.0).exp() + (-((n - 1 - i) as f64) / 60.0).exp();
             let sky = sky_level * arm.sky[i] * edge;
             arm.sigma[i] = (sky * sky + arm.model[i].max(0.0) / m_med).sqrt();
         }
@@ -587,7 +621,11 @@ fn add_noise(obs: &mut Observation, rng: &mut ChaCha8Rng, cfg: &ObserveConfig, s
                         .map(|i| {
                             let s = arm.sigma[i];
                             if s.is_finite() {
-                                quantise(arm.model[i] + normal(rng, 0.0, s * root), s * root, cfg.quantize)
+                                quantise(
+                                    arm.model[i] + normal(rng, 0.0, s * root),
+                                    s * root,
+                                    cfg.quantize,
+                                )
                             } else {
                                 0.0
                             }

@@ -54,7 +54,8 @@ pub fn normal_cdf(x: f64) -> f64 {
     let t = 1.0 / (1.0 + 0.327_591_1 * z);
     let poly = t
         * (0.254_829_592
-            + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
     let erf = 1.0 - poly * (-z * z).exp();
     if x >= 0.0 {
         0.5 * (1.0 + erf)
@@ -118,7 +119,10 @@ fn old_population(p: &Prepared, lambda: f64, break_depth: f64) -> f64 {
     } else {
         1.0
     };
-    planck_shape(lambda, OLD_TEFF) * p.old_norm * (1.0 - break_depth * sigmoid((4000.0 - lambda) / 25.0)) * uv
+    planck_shape(lambda, OLD_TEFF)
+        * p.old_norm
+        * (1.0 - break_depth * sigmoid((4000.0 - lambda) / 25.0))
+        * uv
 }
 
 impl Continuum {
@@ -128,7 +132,10 @@ impl Continuum {
             Continuum::Star { teff, .. } => 1.0 / planck_shape(5500.0, teff),
             _ => 1.0,
         };
-        Prepared { star_norm, old_norm }
+        Prepared {
+            star_norm,
+            old_norm,
+        }
     }
 
     /// The continuum at rest wavelength `lambda` (Å).
@@ -150,7 +157,8 @@ impl Continuum {
                 dust,
             } => {
                 let old = old_population(p, lambda, break_depth);
-                let yng = (lambda / 5500.0).powf(-2.2) * (1.0 - 0.25 * sigmoid((3646.0 - lambda) / 15.0));
+                let yng =
+                    (lambda / 5500.0).powf(-2.2) * (1.0 - 0.25 * sigmoid((3646.0 - lambda) / 15.0));
                 ((1.0 - young) * old + young * yng) * (lambda / 5500.0).powf(dust)
             }
             Continuum::Qso {
@@ -290,7 +298,13 @@ impl Model {
     /// as APOGEE's `apStar` files hold it). The observed-frame forest is
     /// not moved. Returns the continuum alone (no lines, bands or forest)
     /// on the grid, as [`Model::continuum_at`] gives it.
-    pub fn evaluate_at(&self, z: f64, grid: &[f64], lsf: &dyn Fn(f64) -> f64, out: &mut [f64]) -> Vec<f64> {
+    pub fn evaluate_at(
+        &self,
+        z: f64,
+        grid: &[f64],
+        lsf: &dyn Fn(f64) -> f64,
+        out: &mut [f64],
+    ) -> Vec<f64> {
         let n = grid.len().min(out.len());
         let (grid, out) = (&grid[..n], &mut out[..n]);
         let zp1 = 1.0 + z;
@@ -368,7 +382,8 @@ impl Model {
     /// As [`Model::continuum_on`] at redshift `z`.
     pub fn continuum_at(&self, z: f64, grid: &[f64]) -> Vec<f64> {
         let zp1 = 1.0 + z;
-        self.continuum.many(grid.iter().map(|&w| w / zp1), self.amplitude)
+        self.continuum
+            .many(grid.iter().map(|&w| w / zp1), self.amplitude)
     }
 }
 

@@ -202,7 +202,11 @@ pub const SDSS_DLOGLAM: f64 = 1.0e-4;
 pub const SDSS_NPIX_FULL: usize = 4651;
 
 /// DESI arms: (name, first wavelength Å, pixels), all 0.8 Å steps.
-pub const DESI_ARMS: [(&str, f64, usize); 3] = [("b", 3600.0, 2751), ("r", 5760.0, 2326), ("z", 7520.0, 2881)];
+pub const DESI_ARMS: [(&str, f64, usize); 3] = [
+    ("b", 3600.0, 2751),
+    ("r", 5760.0, 2326),
+    ("z", 7520.0, 2881),
+];
 /// DESI pixel step, Å.
 pub const DESI_DLAMBDA: f64 = 0.8;
 
@@ -244,11 +248,16 @@ mod tests {
         assert!((sdss_end - 10351.4).abs() < 0.2, "{sdss_end}");
         for (_, start, n) in DESI_ARMS {
             let end = start + DESI_DLAMBDA * (n - 1) as f64;
-            assert!([5800.0, 7620.0, 9824.0].iter().any(|e| (end - e).abs() < 1e-6));
+            assert!([5800.0, 7620.0, 9824.0]
+                .iter()
+                .any(|e| (end - e).abs() < 1e-6));
         }
         let a0 = 10f64.powf(APOGEE_CRVAL1);
         let a1 = 10f64.powf(APOGEE_CRVAL1 + APOGEE_CDELT1 * (APOGEE_NPIX - 1) as f64);
-        assert!((a0 - 15100.8).abs() < 0.1 && (a1 - 16999.8).abs() < 0.1, "{a0} {a1}");
+        assert!(
+            (a0 - 15100.8).abs() < 0.1 && (a1 - 16999.8).abs() < 0.1,
+            "{a0} {a1}"
+        );
         let l1 = 10f64.powf(LAMOST_COEFF0 + LAMOST_COEFF1 * (LAMOST_NPIX - 1) as f64);
         assert!((l1 - 9099.1).abs() < 0.2, "{l1}");
     }

@@ -1,14 +1,19 @@
 //! Writers of the survey file layouts.
 //!
 //! Each writer produces the HDUs, columns and keywords the real files have
-//! and spectok-io's readers use — `COADD`/`SPECOBJ` for SDSS, `FIBERMAP`
-//! + B/R/Z image HDUs and a `redrock-*` `REDSHIFTS` table for DESI,
-//! unnamed image HDUs with a log-linear WCS and an `FPARAM` table for
-//! APOGEE, `normalized`/`relative_error` HDUs with `TEFF_R`… keywords for
-//! GALAH, a one-row `COADD` array table with header labels for LAMOST —
-//! and leaves out bulky products no reader uses (DESI resolution matrices,
-//! APOGEE sky/telluric/LSF HDUs, per-exposure tables). Every primary header
-//! carries `MOCK = T`, `MOCKGEN` (generator), `MOCKSEED` and `MOCKNOTE`.
+//! and spectok-io's readers use:
+//! - SDSS: `COADD` and `SPECOBJ` tables;
+//! - DESI: `FIBERMAP` and the B/R/Z image HDUs, and a `redrock-*` file with
+//!   the `REDSHIFTS` table;
+//! - APOGEE: unnamed image HDUs on a log-linear WCS, and the `FPARAM`
+//!   table of `aspcapStar`;
+//! - GALAH: `normalized` and `relative_error` HDUs, `TEFF_R`… keywords;
+//! - LAMOST: a one-row `COADD` array table, labels in the primary header.
+//!
+//! Bulky products no reader uses are left out (DESI resolution matrices,
+//! APOGEE sky/telluric/LSF HDUs, per-exposure tables). Every primary
+//! header carries `MOCK = T`, `MOCKGEN` (generator), `MOCKSEED`,
+//! `MOCKWHAT` and `MOCKNOTE`.
 
 use std::path::{Path, PathBuf};
 
@@ -88,8 +93,17 @@ fn arm0(obs: &Observation) -> &Arm {
 /// `COADD` table (`flux`, `loglam`, `ivar`, `and_mask`, `or_mask`, `wdisp`,
 /// `sky`, `model`) and a one-row `SPECOBJ` table with the labels. Returns
 /// the path relative to the root.
-pub fn sdss(t: &Target, plate: u32, mjd: u32, fiber: u32, obj: &MockObject, obs: &Observation) -> Result<PathBuf> {
-    let rel = t.name(format!("sdss/{plate:04}/spec-{plate:04}-{mjd:05}-{fiber:04}.fits"));
+pub fn sdss(
+    t: &Target,
+    plate: u32,
+    mjd: u32,
+    fiber: u32,
+    obj: &MockObject,
+    obs: &Observation,
+) -> Result<PathBuf> {
+    let rel = t.name(format!(
+        "sdss/{plate:04}/spec-{plate:04}-{mjd:05}-{fiber:04}.fits"
+    ));
     let a = arm0(obs);
     let n = a.len();
     let g = a.grid;
@@ -110,19 +124,35 @@ pub fn sdss(t: &Target, plate: u32, mjd: u32, fiber: u32, obj: &MockObject, obs:
         card("COEFF1", g.step, "log10 wavelength step"),
         card("BUNIT", "1E-17 erg/cm^2/s/Ang", "flux unit"),
     ];
-    primary.extend(mock_cards(t.seed, &format!("{} {}", obj.class.name(), obj.id)));
+    primary.extend(mock_cards(
+        t.seed,
+        &format!("{} {}", obj.class.name(), obj.id),
+    ));
     let mut f = FitsOut::create(&t.root.join(&rel), t.gzip, None)?;
     f.cards(0, &primary)?;
 
     let ln10 = std::f64::consts::LN_10;
     let cols = vec![
         ("flux", Col::F32(f32s(a.flux.iter().copied()), 1)),
-        ("loglam", Col::F32(f32s((0..n).map(|i| g.start + g.step * i as f64)), 1)),
+        (
+            "loglam",
+            Col::F32(f32s((0..n).map(|i| g.start + g.step * i as f64)), 1),
+        ),
         ("ivar", Col::F32((0..n).map(|i| a.ivar(i)).collect(), 1)),
-        ("and_mask", Col::I32(a.mask.iter().map(|&m| m as i32).collect(), 1)),
+        (
+            "and_mask",
+            Col::I32(a.mask.iter().map(|&m| m as i32).collect(), 1),
+        ),
         (
             "or_mask",
-            Col::I32(a.mask.iter().zip(&a.or_only).map(|(&m, &o)| (m | o) as i32).collect(), 1),
+            Col::I32(
+                a.mask
+                    .iter()
+                    .zip(&a.or_only)
+                    .map(|(&m, &o)| (m | o) as i32)
+                    .collect(),
+                1,
+            ),
         ),
         (
             "wdisp",
@@ -131,8 +161,14 @@ pub fn sdss(t: &Target, plate: u32, mjd: u32, fiber: u32, obj: &MockObject, obs:
                 1,
             ),
         ),
-        ("sky", Col::F32(f32s((0..n).map(|i| q_like(a, i, a.sky[i], q))), 1)),
-        ("model", Col::F32(f32s((0..n).map(|i| q_like(a, i, a.model[i], q))), 1)),
+        (
+            "sky",
+            Col::F32(f32s((0..n).map(|i| q_like(a, i, a.sky[i], q))), 1),
+        ),
+        (
+            "model",
+            Col::F32(f32s((0..n).map(|i| q_like(a, i, a.model[i], q))), 1),
+        ),
     ];
     f.table("COADD", &cols, &[])?;
 
@@ -156,19 +192,37 @@ pub fn sdss(t: &Target, plate: u32, mjd: u32, fiber: u32, obj: &MockObject, obs:
         ("CLASS", Col::Str(s1(obj.class.name()), 6)),
         ("SUBCLASS", Col::Str(s1(&obj.subclass), 21)),
         ("Z", Col::F32(vec![obj.z as f32], 1)),
-        ("Z_ERR", Col::F32(vec![crate::observe::redshift_err(obj, MockSurvey::Sdss) as f32], 1)),
+        (
+            "Z_ERR",
+            Col::F32(
+                vec![crate::observe::redshift_err(obj, MockSurvey::Sdss) as f32],
+                1,
+            ),
+        ),
         ("RCHI2", Col::F32(vec![1.0], 1)),
         ("DOF", Col::I32(vec![n as i32], 1)),
         ("ZWARNING", Col::I32(vec![0], 1)),
         ("VDISP", Col::F32(vec![obj.vdisp.unwrap_or(0.0) as f32], 1)),
-        ("VDISP_ERR", Col::F32(vec![obj.vdisp.map(|v| 0.05 * v).unwrap_or(0.0) as f32], 1)),
+        (
+            "VDISP_ERR",
+            Col::F32(vec![obj.vdisp.map(|v| 0.05 * v).unwrap_or(0.0) as f32], 1),
+        ),
         ("WAVEMIN", Col::F32(vec![wmin as f32], 1)),
         ("WAVEMAX", Col::F32(vec![wmax as f32], 1)),
         ("SN_MEDIAN_ALL", Col::F32(vec![snr as f32], 1)),
         ("SN_MEDIAN", Col::F32(vec![snr as f32; 5], 5)),
-        ("ELODIE_TEFF", Col::F32(vec![star.map(|p| p.teff).unwrap_or(0.0) as f32], 1)),
-        ("ELODIE_LOGG", Col::F32(vec![star.map(|p| p.logg).unwrap_or(0.0) as f32], 1)),
-        ("ELODIE_FEH", Col::F32(vec![star.map(|p| p.fe_h).unwrap_or(0.0) as f32], 1)),
+        (
+            "ELODIE_TEFF",
+            Col::F32(vec![star.map(|p| p.teff).unwrap_or(0.0) as f32], 1),
+        ),
+        (
+            "ELODIE_LOGG",
+            Col::F32(vec![star.map(|p| p.logg).unwrap_or(0.0) as f32], 1),
+        ),
+        (
+            "ELODIE_FEH",
+            Col::F32(vec![star.map(|p| p.fe_h).unwrap_or(0.0) as f32], 1),
+        ),
     ];
     f.table("SPECOBJ", &specobj, &[])?;
     f.finish()?;
@@ -216,22 +270,32 @@ pub fn desi(t: &Target, tile: u32, petal: u32, fibres: &[Fibre]) -> Result<(Path
     let mut f = FitsOut::create(&t.root.join(&rel), t.gzip, None)?;
     f.cards(0, &primary)?;
     f.table("FIBERMAP", &fibermap, &[])?;
+    f.table("EXP_FIBERMAP", &exp_fibermap(tile, petal, fibres), &[])?;
     let arms = survey::DESI_ARMS;
     for (k, &(name, _, npix)) in arms.iter().enumerate() {
         let up = name.to_ascii_uppercase();
-        let wave = &fibres.first().map(|(_, o)| o.arms[k].wavelength.clone()).unwrap_or_default();
+        let wave = &fibres
+            .first()
+            .map(|(_, o)| o.arms[k].wavelength.clone())
+            .unwrap_or_default();
         f.image(
             Some(&format!("{up}_WAVELENGTH")),
             &[npix],
             Pixels::F64(wave),
             &[card("BUNIT", "Angstrom", "")],
         )?;
-        let flux: Vec<f32> = fibres.iter().flat_map(|(_, o)| o.arms[k].flux.iter().map(|&x| x as f32)).collect();
+        let flux: Vec<f32> = fibres
+            .iter()
+            .flat_map(|(_, o)| o.arms[k].flux.iter().map(|&x| x as f32))
+            .collect();
         let ivar: Vec<f32> = fibres
             .iter()
             .flat_map(|(_, o)| (0..npix).map(move |i| o.arms[k].ivar(i)))
             .collect();
-        let mask: Vec<u32> = fibres.iter().flat_map(|(_, o)| o.arms[k].mask.iter().copied()).collect();
+        let mask: Vec<u32> = fibres
+            .iter()
+            .flat_map(|(_, o)| o.arms[k].mask.iter().copied())
+            .collect();
         f.image(
             Some(&format!("{up}_FLUX")),
             &[nspec, npix],
@@ -244,7 +308,12 @@ pub fn desi(t: &Target, tile: u32, petal: u32, fibres: &[Fibre]) -> Result<(Path
             Pixels::F32(&ivar),
             &[card("BUNIT", "10**+34 (s2 cm4 Angstrom2) / erg2", "")],
         )?;
-        f.image(Some(&format!("{up}_MASK")), &[nspec, npix], Pixels::U32(&mask), &[])?;
+        f.image(
+            Some(&format!("{up}_MASK")),
+            &[nspec, npix],
+            Pixels::U32(&mask),
+            &[],
+        )?;
     }
     f.finish()?;
 
@@ -267,7 +336,11 @@ pub fn desi(t: &Target, tile: u32, petal: u32, fibres: &[Fibre]) -> Result<(Path
     let mut npixels = Vec::new();
     let mut dchi2 = Vec::new();
     for (o, obs) in fibres {
-        let valid = obs.arms.iter().map(|a| a.sigma.iter().filter(|s| s.is_finite()).count()).sum::<usize>();
+        let valid = obs
+            .arms
+            .iter()
+            .map(|a| a.sigma.iter().filter(|s| s.is_finite()).count())
+            .sum::<usize>();
         npixels.push(valid as i64);
         match o {
             Some(o) => {
@@ -310,6 +383,27 @@ pub fn desi(t: &Target, tile: u32, petal: u32, fibres: &[Fibre]) -> Result<(Path
     Ok((rel, rel_rr))
 }
 
+/// Exposures per mock DESI coadd.
+const DESI_EXPOSURES: usize = 3;
+
+/// The per-exposure fibre map: one row per fibre and exposure.
+fn exp_fibermap(tile: u32, petal: u32, fibres: &[Fibre]) -> Vec<(&'static str, Col)> {
+    let n = fibres.len() * DESI_EXPOSURES;
+    let fibre0 = petal as i32 * 500;
+    let rows = || (0..DESI_EXPOSURES).flat_map(|e| (0..fibres.len()).map(move |k| (e, k)));
+    vec![
+        ("TARGETID", Col::I64(rows().map(|(_, k)| fibres[k].1.id).collect(), 1)),
+        ("NIGHT", Col::I32(vec![DESI_NIGHT as i32; n], 1)),
+        ("EXPID", Col::I32(rows().map(|(e, _)| 900_000 + tile as i32 * 10 + e as i32).collect(), 1)),
+        ("MJD", Col::F64(rows().map(|(e, _)| 60676.2 + 0.02 * e as f64).collect(), 1)),
+        ("TILEID", Col::I32(vec![tile as i32; n], 1)),
+        ("EXPTIME", Col::F64(vec![1000.0; n], 1)),
+        ("PETAL_LOC", Col::I16(vec![petal as i16; n], 1)),
+        ("FIBER", Col::I32(rows().map(|(_, k)| fibre0 + k as i32).collect(), 1)),
+        ("FIBERSTATUS", Col::I32(vec![0; n], 1)),
+    ]
+}
+
 fn fibermap(tile: u32, petal: u32, fibres: &[Fibre]) -> Vec<(&'static str, Col)> {
     let n = fibres.len();
     let desi_target = |o: &Option<&MockObject>| -> i64 {
@@ -325,14 +419,47 @@ fn fibermap(tile: u32, petal: u32, fibres: &[Fibre]) -> Vec<(&'static str, Col)>
     };
     let fibre0 = petal as i32 * 500;
     vec![
-        ("TARGETID", Col::I64(fibres.iter().map(|(_, o)| o.id).collect(), 1)),
+        (
+            "TARGETID",
+            Col::I64(fibres.iter().map(|(_, o)| o.id).collect(), 1),
+        ),
         ("PETAL_LOC", Col::I16(vec![petal as i16; n], 1)),
-        ("DEVICE_LOC", Col::I32((0..n).map(|i| i as i32 + 1).collect(), 1)),
-        ("LOCATION", Col::I64((0..n).map(|i| petal as i64 * 1000 + i as i64 + 1).collect(), 1)),
-        ("FIBER", Col::I32((0..n).map(|i| fibre0 + i as i32).collect(), 1)),
+        (
+            "DEVICE_LOC",
+            Col::I32((0..n).map(|i| i as i32 + 1).collect(), 1),
+        ),
+        (
+            "LOCATION",
+            Col::I64(
+                (0..n).map(|i| petal as i64 * 1000 + i as i64 + 1).collect(),
+                1,
+            ),
+        ),
+        (
+            "FIBER",
+            Col::I32((0..n).map(|i| fibre0 + i as i32).collect(), 1),
+        ),
         ("COADD_FIBERSTATUS", Col::I32(vec![0; n], 1)),
-        ("TARGET_RA", Col::F64(fibres.iter().map(|(o, _)| o.map(|o| o.ra).unwrap_or(0.0)).collect(), 1)),
-        ("TARGET_DEC", Col::F64(fibres.iter().map(|(o, _)| o.map(|o| o.dec).unwrap_or(0.0)).collect(), 1)),
+        (
+            "TARGET_RA",
+            Col::F64(
+                fibres
+                    .iter()
+                    .map(|(o, _)| o.map(|o| o.ra).unwrap_or(0.0))
+                    .collect(),
+                1,
+            ),
+        ),
+        (
+            "TARGET_DEC",
+            Col::F64(
+                fibres
+                    .iter()
+                    .map(|(o, _)| o.map(|o| o.dec).unwrap_or(0.0))
+                    .collect(),
+                1,
+            ),
+        ),
         (
             "OBJTYPE",
             Col::Str(
@@ -343,9 +470,12 @@ fn fibermap(tile: u32, petal: u32, fibres: &[Fibre]) -> Vec<(&'static str, Col)>
                 3,
             ),
         ),
-        ("DESI_TARGET", Col::I64(fibres.iter().map(|(o, _)| desi_target(o)).collect(), 1)),
+        (
+            "DESI_TARGET",
+            Col::I64(fibres.iter().map(|(o, _)| desi_target(o)).collect(), 1),
+        ),
         ("TILEID", Col::I32(vec![tile as i32; n], 1)),
-        ("COADD_NUMEXP", Col::I16(vec![3; n], 1)),
+        ("COADD_NUMEXP", Col::I16(vec![DESI_EXPOSURES as i16; n], 1)),
         ("COADD_EXPTIME", Col::F32(vec![3000.0; n], 1)),
     ]
 }
@@ -356,7 +486,12 @@ fn fibermap(tile: u32, petal: u32, fibres: &[Fibre]) -> Vec<(&'static str, Col)>
 /// 8575-pixel log-linear grid, `(nvisits+2) × 8575` for several visits) and
 /// `aspcapStar-r6-l30e.2-ID.fits` (normalised flux, σ, model, and the
 /// `FPARAM` table). Both are in the star's rest frame, as the real files.
-pub fn apogee(t: &Target, field: u32, obj: &MockObject, obs: &Observation) -> Result<(PathBuf, PathBuf)> {
+pub fn apogee(
+    t: &Target,
+    field: u32,
+    obj: &MockObject,
+    obs: &Observation,
+) -> Result<(PathBuf, PathBuf)> {
     let id = obj.id.to_string();
     let dir = format!("apogee/mock{field:03}");
     let rel = t.name(format!("{dir}/apStar-r6-{id}.fits"));
@@ -419,7 +554,13 @@ pub fn apogee(t: &Target, field: u32, obj: &MockObject, obs: &Observation) -> Re
     }
     primary.extend(mock_cards(t.seed, &format!("STAR {}", obj.id)));
 
-    let err = |s: f64| if s.is_finite() { round_bits(s, 8) as f32 } else { 1.0e10 };
+    let err = |s: f64| {
+        if s.is_finite() {
+            round_bits(s, 8) as f32
+        } else {
+            1.0e10
+        }
+    };
     let mut flux: Vec<f32> = Vec::new();
     let mut sigma: Vec<f32> = Vec::new();
     let mut mask: Vec<i16> = Vec::new();
@@ -447,9 +588,24 @@ pub fn apogee(t: &Target, field: u32, obj: &MockObject, obs: &Observation) -> Re
     };
     let mut f = FitsOut::create(&t.root.join(&rel), t.gzip, None)?;
     f.cards(0, &primary)?;
-    f.image(None, &shape, Pixels::F32(&flux), &wcs("Flux (10^-17 erg/s/cm^2/Ang)"))?;
-    f.image(None, &shape, Pixels::F32(&sigma), &wcs("Error (10^-17 erg/s/cm^2/Ang)"))?;
-    f.image(None, &shape, Pixels::I16(&mask), &wcs("Flag Mask (bitwise)"))?;
+    f.image(
+        None,
+        &shape,
+        Pixels::F32(&flux),
+        &wcs("Flux (10^-17 erg/s/cm^2/Ang)"),
+    )?;
+    f.image(
+        None,
+        &shape,
+        Pixels::F32(&sigma),
+        &wcs("Error (10^-17 erg/s/cm^2/Ang)"),
+    )?;
+    f.image(
+        None,
+        &shape,
+        Pixels::I16(&mask),
+        &wcs("Flag Mask (bitwise)"),
+    )?;
     f.finish()?;
 
     // aspcapStar: continuum-normalised, σ 0 where there is no data.
@@ -596,7 +752,11 @@ pub fn galah(t: &Target, group: u32, obj: &MockObject, obs: &Observation) -> Res
             card("CUNIT1", "angstroms", ""),
         ];
         let mut primary = wcs.clone();
-        let res = (a.wavelength[n / 2] / survey::MockSurvey::Galah.resolution(&a.name, a.wavelength[n / 2]) * 1e4).round() / 1e4;
+        let res = (a.wavelength[n / 2]
+            / survey::MockSurvey::Galah.resolution(&a.name, a.wavelength[n / 2])
+            * 1e4)
+            .round()
+            / 1e4;
         primary.extend([
             card("TELESCOP", "Anglo-Australian Telescope", ""),
             card("INSTRUME", "HERMES-2dF", ""),
@@ -722,7 +882,10 @@ pub fn lamost(
         card("SNRI", snr, ""),
         card("SNRZ", (snr * 0.8 * 100.0).round() / 100.0, ""),
     ];
-    primary.extend(mock_cards(t.seed, &format!("{} {}", obj.class.name(), obj.id)));
+    primary.extend(mock_cards(
+        t.seed,
+        &format!("{} {}", obj.class.name(), obj.id),
+    ));
     let q = t.quantize;
     let norm: Vec<f32> = (0..n)
         .map(|i| {
@@ -736,10 +899,22 @@ pub fn lamost(
         .collect();
     let cols = vec![
         ("FLUX", Col::F32(f32s(a.flux.iter().copied()), n)),
-        ("IVAR", Col::F32((0..n).map(|i| ivar_of(a.sigma[i])).collect(), n)),
-        ("WAVELENGTH", Col::F32(f32s(a.wavelength.iter().copied()), n)),
-        ("ANDMASK", Col::F32(a.mask.iter().map(|&m| m as f32).collect(), n)),
-        ("ORMASK", Col::F32(a.mask.iter().map(|&m| m as f32).collect(), n)),
+        (
+            "IVAR",
+            Col::F32((0..n).map(|i| ivar_of(a.sigma[i])).collect(), n),
+        ),
+        (
+            "WAVELENGTH",
+            Col::F32(f32s(a.wavelength.iter().copied()), n),
+        ),
+        (
+            "ANDMASK",
+            Col::F32(a.mask.iter().map(|&m| m as f32).collect(), n),
+        ),
+        (
+            "ORMASK",
+            Col::F32(a.mask.iter().map(|&m| m as f32).collect(), n),
+        ),
         ("NORMALIZATION", Col::F32(norm, n)),
     ];
     let mut f = FitsOut::create(&t.root.join(&rel), t.gzip, None)?;

@@ -200,8 +200,8 @@ impl TrainConfig {
     /// defaults; a syntax error names line and column, a wrong type or an
     /// unknown field names the field's path.
     pub fn from_json(text: &str) -> Result<TrainConfig> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| Error::config("(syntax)", e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::config("(syntax)", e.to_string()))?;
         let prepare_patch = value
             .pointer("/data/prepare/patch_size")
             .map(|v| v.to_string());
@@ -262,13 +262,19 @@ impl TrainConfig {
                 return bad(&at("name"), "is empty".into());
             }
             if !names.insert(s.name.as_str()) {
-                return bad(&at("name"), format!("`{}` is used by another source", s.name));
+                return bad(
+                    &at("name"),
+                    format!("`{}` is used by another source", s.name),
+                );
             }
             if s.paths.is_empty() {
                 return bad(&at("paths"), "no path given".into());
             }
             if !(s.weight.is_finite() && s.weight > 0.0) {
-                return bad(&at("weight"), format!("{} is not a positive number", s.weight));
+                return bad(
+                    &at("weight"),
+                    format!("{} is not a positive number", s.weight),
+                );
             }
             if let Some(f) = &s.format {
                 if spectok_io::Format::from_name(f).is_none() {
@@ -331,7 +337,10 @@ impl TrainConfig {
         }
         for (i, b) in o.betas.iter().enumerate() {
             if !(0.0..1.0).contains(b) {
-                return bad(&format!("optim.betas[{i}]"), format!("{b} is not in [0, 1)"));
+                return bad(
+                    &format!("optim.betas[{i}]"),
+                    format!("{b} is not in [0, 1)"),
+                );
             }
         }
         if !(o.eps.is_finite() && o.eps > 0.0) {
@@ -346,7 +355,10 @@ impl TrainConfig {
         if !(o.grad_clip.is_finite() && o.grad_clip >= 0.0) {
             return bad(
                 "optim.grad_clip",
-                format!("{} is negative or not finite (0 disables clipping)", o.grad_clip),
+                format!(
+                    "{} is negative or not finite (0 disables clipping)",
+                    o.grad_clip
+                ),
             );
         }
         if !(0.0..=1.0).contains(&self.schedule.min_lr_ratio) {
@@ -367,8 +379,12 @@ impl TrainConfig {
             }
         }
         check_device_name(&self.device).map_err(|m| Error::config("device", m))?;
-        spectok_model::dtype(&self.dtype)
-            .map_err(|_| Error::config("dtype", format!("`{}`: expected f32, bf16 or f16", self.dtype)))?;
+        spectok_model::dtype(&self.dtype).map_err(|_| {
+            Error::config(
+                "dtype",
+                format!("`{}`: expected f32, bf16 or f16", self.dtype),
+            )
+        })?;
         if self.out_dir.as_os_str().is_empty() {
             return bad("out_dir", "is empty".into());
         }

@@ -298,8 +298,12 @@ impl Example {
             ex.sigma.push(finite(sp.sigma[slot]));
             ex.reconstruction.push(finite(r));
             ex.valid.push(sp.weight[slot] > 0.0);
-            ex.hidden
-                .push(hidden.and_then(|h| h.get(slot / p)).copied().unwrap_or(false));
+            ex.hidden.push(
+                hidden
+                    .and_then(|h| h.get(slot / p))
+                    .copied()
+                    .unwrap_or(false),
+            );
         }
         ex
     }

@@ -22,6 +22,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod metrics;

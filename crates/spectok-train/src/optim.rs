@@ -182,7 +182,10 @@ impl AdamW {
             p.m = (p.m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
             p.v = (p.v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
             let m_hat = p.m.affine(1.0 / bc1, 0.0)?;
-            let denom = p.v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, self.cfg.eps)?;
+            let denom =
+                p.v.affine(1.0 / bc2, 0.0)?
+                    .sqrt()?
+                    .affine(1.0, self.cfg.eps)?;
             let update = (m_hat / denom)?;
             let theta = p.var.as_tensor().to_dtype(DType::F32)?;
             let theta = if p.decay && wd != 0.0 {
@@ -247,7 +250,9 @@ impl AdamW {
             .first()
             .copied()
             .filter(|s| *s >= 0)
-            .ok_or_else(|| Error::checkpoint(path, format!("tensor `{STEP_KEY}` is empty or negative")))?;
+            .ok_or_else(|| {
+                Error::checkpoint(path, format!("tensor `{STEP_KEY}` is empty or negative"))
+            })?;
         let mut restored = Vec::with_capacity(self.params.len());
         for p in &self.params {
             let mut take = |kind: &str| -> Result<Tensor> {

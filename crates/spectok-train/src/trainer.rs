@@ -232,8 +232,8 @@ impl Trainer {
         resume: Option<&Path>,
     ) -> Result<Self> {
         cfg.validate_settings()?;
-        let device =
-            spectok_model::device(&cfg.device).map_err(|e| Error::config("device", e.to_string()))?;
+        let device = spectok_model::device(&cfg.device)
+            .map_err(|e| Error::config("device", e.to_string()))?;
         let dtype =
             spectok_model::dtype(&cfg.dtype).map_err(|e| Error::config("dtype", e.to_string()))?;
         let out_dir = cfg.out_dir.clone();
@@ -352,15 +352,15 @@ impl Trainer {
         let step = self.state.step;
         observer.on_eval_start(step);
         let mut report = self.val.evaluate(&self.model, step)?;
-        report.best = report.mean.is_finite()
-            && self.state.best_val_loss.is_none_or(|b| report.mean < b);
+        report.best =
+            report.mean.is_finite() && self.state.best_val_loss.is_none_or(|b| report.mean < b);
         if report.best {
             self.state.best_val_loss = Some(report.mean);
             self.state.best_step = Some(step);
         }
-        let recon = self
-            .val
-            .reconstruct_examples(&self.model, step, self.cfg.data.prepare.transform)?;
+        let recon =
+            self.val
+                .reconstruct_examples(&self.model, step, self.cfg.data.prepare.transform)?;
         recon.write(&self.cfg.out_dir.join(RECONSTRUCTIONS_FILE))?;
         metrics.append(&Record::Val {
             step,
@@ -377,12 +377,12 @@ impl Trainer {
                 .collect(),
             best: report.best,
         })?;
+        observer.on_eval(&report);
         // At step 0 the model is the seeded initialisation: nothing to keep.
         if report.best && step > 0 {
             let path = self.write_checkpoint(BEST)?;
             observer.on_checkpoint(step, &path);
         }
-        observer.on_eval(&report);
         Ok(Some(report))
     }
 
@@ -401,7 +401,9 @@ impl Trainer {
             observer.on_note(&n);
         }
         if self.val.is_empty() {
-            observer.on_note("no validation spectrum found: validation and the best checkpoint are skipped");
+            observer.on_note(
+                "no validation spectrum found: validation and the best checkpoint are skipped",
+            );
         }
         let loader_cfg = self.cfg.loader_config(Split::Train);
         let mut loader = match self.loader_state.take() {
@@ -515,7 +517,7 @@ impl Trainer {
             window_norm += stats.grad_norm;
 
             let last = step == self.cfg.steps;
-            if step % self.cfg.log_interval == 0 || last {
+            if step.checked_rem(self.cfg.log_interval) == Some(0) || last {
                 metrics.append(&Record::Train {
                     step,
                     loss: window_sum / window_n as f64,
@@ -538,7 +540,7 @@ impl Trainer {
                 }
                 problems_seen = problems.len();
             }
-            if step % self.cfg.eval_interval == 0 || last {
+            if step.checked_rem(self.cfg.eval_interval) == Some(0) || last {
                 let t0 = Instant::now();
                 if let Some(rep) = self.evaluate(observer, &mut metrics)? {
                     last_eval = Some(rep);
@@ -546,7 +548,7 @@ impl Trainer {
                 // Validation time is not training throughput.
                 t_prev += t0.elapsed();
             }
-            if step % self.cfg.checkpoint_interval == 0 || last {
+            if step.checked_rem(self.cfg.checkpoint_interval) == Some(0) || last {
                 let t0 = Instant::now();
                 let path = self.write_checkpoint(&step_name(step))?;
                 self.checkpoints.prune(self.cfg.keep_last)?;

@@ -64,14 +64,20 @@ fn leftovers_of_a_crash_are_never_taken_for_checkpoints_and_are_removed() {
     let root = run.path().join("checkpoints");
     // What a process killed mid-write leaves behind.
     fs::create_dir_all(root.join(".tmp-step-000000020-999-0")).unwrap();
-    fs::write(root.join(".tmp-step-000000020-999-0/model.safetensors"), b"half").unwrap();
+    fs::write(
+        root.join(".tmp-step-000000020-999-0/model.safetensors"),
+        b"half",
+    )
+    .unwrap();
     fs::create_dir_all(root.join(".old-best-999-1")).unwrap();
     let cp = Checkpoints::open(run.path()).unwrap();
     assert!(names(&root).is_empty(), "{:?}", names(&root));
     cp.write(&step_name(5), fill("five")).unwrap();
     assert_eq!(names(&root), ["step-000000005"]);
     assert_eq!(
-        fs::read(root.join("step-000000005/model.safetensors")).unwrap().len(),
+        fs::read(root.join("step-000000005/model.safetensors"))
+            .unwrap()
+            .len(),
         4000
     );
 }
@@ -88,7 +94,10 @@ fn pruning_keeps_the_last_k_and_best() {
     }
     let removed = cp.prune(2).unwrap();
     assert_eq!(removed.len(), 3);
-    assert_eq!(names(cp.root()), ["best", "step-000000400", "step-000000500"]);
+    assert_eq!(
+        names(cp.root()),
+        ["best", "step-000000400", "step-000000500"]
+    );
     let steps: Vec<u64> = cp.steps().unwrap().into_iter().map(|(s, _)| s).collect();
     assert_eq!(steps, [400, 500]);
     assert!(fs::read_to_string(cp.best().unwrap().join("state.json"))
@@ -114,7 +123,10 @@ fn resume_resolves_run_directories_and_checkpoints() {
     cp.write(&step_name(12), fill("12")).unwrap();
     let latest = run.path().join("checkpoints/step-000000012");
     assert_eq!(resolve_resume(run.path()).unwrap(), latest);
-    assert_eq!(resolve_resume(&run.path().join("checkpoints")).unwrap(), latest);
+    assert_eq!(
+        resolve_resume(&run.path().join("checkpoints")).unwrap(),
+        latest
+    );
     let seven = run.path().join("checkpoints/step-000000007");
     assert_eq!(resolve_resume(&seven).unwrap(), seven);
 }

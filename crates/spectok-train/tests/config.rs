@@ -37,34 +37,61 @@ fn defaults_fill_missing_fields() {
 
 #[test]
 fn wrong_type_names_the_field() {
-    assert_eq!(field_of(&with_data(r#""optim": {"lr": "fast"}"#)), "optim.lr");
+    assert_eq!(
+        field_of(&with_data(r#""optim": {"lr": "fast"}"#)),
+        "optim.lr"
+    );
     assert_eq!(field_of(&with_data(r#""steps": -5"#)), "steps");
     assert_eq!(
         field_of(r#"{"data": {"sources": [{"name": "a", "paths": ["x"], "weight": "heavy"}]}}"#),
         "data.sources[0].weight"
     );
-    assert_eq!(field_of(&with_data(r#""model": {"d_model": 1.5}"#)), "model.d_model");
+    assert_eq!(
+        field_of(&with_data(r#""model": {"d_model": 1.5}"#)),
+        "model.d_model"
+    );
 }
 
 #[test]
 fn unknown_field_is_an_error_naming_it() {
-    assert_eq!(field_of(&with_data(r#""optim": {"lrr": 0.1}"#)), "optim.lrr");
+    assert_eq!(
+        field_of(&with_data(r#""optim": {"lrr": 0.1}"#)),
+        "optim.lrr"
+    );
     assert_eq!(field_of(&with_data(r#""stpes": 10"#)), "stpes");
-    assert_eq!(field_of(&with_data(r#""model": {"widht": 64}"#)), "model.widht");
+    assert_eq!(
+        field_of(&with_data(r#""model": {"widht": 64}"#)),
+        "model.widht"
+    );
     let e = TrainConfig::from_json(&with_data(r#""optim": {"lrr": 0.1}"#)).unwrap_err();
     assert!(e.to_string().contains("unknown field `lrr`"), "{e}");
 }
 
 #[test]
 fn out_of_range_values_name_the_field() {
-    assert_eq!(field_of(&with_data(r#""optim": {"lr": -0.001}"#)), "optim.lr");
-    assert_eq!(field_of(&with_data(r#""optim": {"betas": [0.9, 1.5]}"#)), "optim.betas[1]");
-    assert_eq!(field_of(&with_data(r#""optim": {"weight_decay": -1}"#)), "optim.weight_decay");
-    assert_eq!(field_of(&with_data(r#""schedule": {"min_lr_ratio": 2}"#)), "schedule.min_lr_ratio");
+    assert_eq!(
+        field_of(&with_data(r#""optim": {"lr": -0.001}"#)),
+        "optim.lr"
+    );
+    assert_eq!(
+        field_of(&with_data(r#""optim": {"betas": [0.9, 1.5]}"#)),
+        "optim.betas[1]"
+    );
+    assert_eq!(
+        field_of(&with_data(r#""optim": {"weight_decay": -1}"#)),
+        "optim.weight_decay"
+    );
+    assert_eq!(
+        field_of(&with_data(r#""schedule": {"min_lr_ratio": 2}"#)),
+        "schedule.min_lr_ratio"
+    );
     assert_eq!(field_of(&with_data(r#""steps": 0"#)), "steps");
     assert_eq!(field_of(&with_data(r#""device": "gpu""#)), "device");
     assert_eq!(field_of(&with_data(r#""dtype": "f64""#)), "dtype");
-    assert_eq!(field_of(&with_data(r#""model": {"heads": 3}"#)), "model.heads");
+    assert_eq!(
+        field_of(&with_data(r#""model": {"heads": 3}"#)),
+        "model.heads"
+    );
     assert_eq!(
         field_of(&with_data(r#""batch": {"mode": "fixed", "spectra": 0}"#)),
         "batch.spectra"
@@ -74,7 +101,9 @@ fn out_of_range_values_name_the_field() {
         "data.sources[0].weight"
     );
     assert_eq!(
-        field_of(r#"{"data": {"sources": [{"name": "a", "paths": ["x"]}, {"name": "a", "paths": ["y"]}]}}"#),
+        field_of(
+            r#"{"data": {"sources": [{"name": "a", "paths": ["x"]}, {"name": "a", "paths": ["y"]}]}}"#
+        ),
         "data.sources[1].name"
     );
     assert_eq!(
@@ -82,11 +111,15 @@ fn out_of_range_values_name_the_field() {
         "data.sources[0].format"
     );
     assert_eq!(
-        field_of(&format!(r#"{{"data": {{{SOURCES}, "val_fraction": 1.0}}}}"#)),
+        field_of(&format!(
+            r#"{{"data": {{{SOURCES}, "val_fraction": 1.0}}}}"#
+        )),
         "data.val_fraction"
     );
     assert_eq!(
-        field_of(&format!(r#"{{"data": {{{SOURCES}, "prepare": {{"gap_factor": 0.5}}}}}}"#)),
+        field_of(&format!(
+            r#"{{"data": {{{SOURCES}, "prepare": {{"gap_factor": 0.5}}}}}}"#
+        )),
         "data.prepare.gap_factor"
     );
     assert_eq!(
@@ -110,7 +143,10 @@ fn syntax_errors_give_line_and_column_and_files_are_named() {
     std::fs::write(&path, with_data(r#""optim": {"lr": -1}"#)).unwrap();
     let e = TrainConfig::from_file(&path).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("bad.json") && msg.contains("optim.lr"), "{msg}");
+    assert!(
+        msg.contains("bad.json") && msg.contains("optim.lr"),
+        "{msg}"
+    );
     assert!(matches!(e, Error::Config { .. }));
 }
 
@@ -121,7 +157,11 @@ fn configs_dir() -> PathBuf {
 #[test]
 fn shipped_configs_parse() {
     let demo = TrainConfig::from_file(&configs_dir().join("demo.json")).unwrap();
-    assert!(demo.data.sources.iter().all(|s| s.paths.iter().all(|p| p.starts_with("data/demo"))));
+    assert!(demo
+        .data
+        .sources
+        .iter()
+        .all(|s| s.paths.iter().all(|p| p.starts_with("data/demo"))));
     let paper = TrainConfig::from_file(&configs_dir().join("paper.json")).unwrap();
     assert_eq!(paper.model.d_model, 512);
     assert_eq!(paper.model.encoder_layers, 6);

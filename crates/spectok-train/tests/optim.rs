@@ -8,7 +8,11 @@ fn var(values: &[f32], shape: &[usize]) -> Var {
 }
 
 fn values(v: &Var) -> Vec<f32> {
-    v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    v.as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
 }
 
 /// Gradients of `Σ w·cw + Σ b·cb` are `cw` and `cb`.
@@ -104,10 +108,25 @@ fn several_steps_follow_the_reference_and_clipping_scales_globally() {
     )
     .unwrap();
     let mut rw = [
-        Ref { theta: 1.0, m: 0.0, v: 0.0, t: 0 },
-        Ref { theta: -1.0, m: 0.0, v: 0.0, t: 0 },
+        Ref {
+            theta: 1.0,
+            m: 0.0,
+            v: 0.0,
+            t: 0,
+        },
+        Ref {
+            theta: -1.0,
+            m: 0.0,
+            v: 0.0,
+            t: 0,
+        },
     ];
-    let mut rb = Ref { theta: 0.25, m: 0.0, v: 0.0, t: 0 };
+    let mut rb = Ref {
+        theta: 0.25,
+        m: 0.0,
+        v: 0.0,
+        t: 0,
+    };
     let gs: [[f32; 3]; 3] = [[3.0, 0.0, 4.0], [0.1, 0.2, -0.2], [-0.5, 0.3, 0.0]];
     let lrs = [0.1, 0.05, 0.02];
     for (g, lr) in gs.iter().zip(lrs) {
@@ -196,7 +215,11 @@ fn saved_state_continues_bit_for_bit() {
     let e = o4.load(&path).unwrap_err().to_string();
     assert!(e.contains("m.w") && e.contains("shape"), "{e}");
     let dt = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
-    let mut o5 = AdamW::new(vec![("c".into(), Var::from_tensor(&dt).unwrap())], cfg(0.0, 0.0)).unwrap();
+    let mut o5 = AdamW::new(
+        vec![("c".into(), Var::from_tensor(&dt).unwrap())],
+        cfg(0.0, 0.0),
+    )
+    .unwrap();
     let e = o5.load(&path).unwrap_err().to_string();
     assert!(e.contains("m.c") && e.contains("missing"), "{e}");
 }

@@ -103,7 +103,8 @@ fn stopping_and_resuming_gives_the_same_losses_bit_for_bit() {
     // N = 8 steps straight.
     let straight_dir = tmp.path().join("straight");
     let mut straight = Recorder::default();
-    let mut t = Trainer::with_sources(tiny_config(&straight_dir), synthetic_sources(), None).unwrap();
+    let mut t =
+        Trainer::with_sources(tiny_config(&straight_dir), synthetic_sources(), None).unwrap();
     let s = t.run(&mut straight, &no_stop).unwrap();
     assert_eq!(s.outcome, Outcome::Finished);
     assert_eq!(straight.steps.len(), 8);
@@ -125,8 +126,12 @@ fn stopping_and_resuming_gives_the_same_losses_bit_for_bit() {
     assert_eq!(TrainState::read(&ckpt).unwrap().step, 4);
 
     let mut second = Recorder::default();
-    let mut t =
-        Trainer::with_sources(tiny_config(&split_dir), synthetic_sources(), Some(&split_dir)).unwrap();
+    let mut t = Trainer::with_sources(
+        tiny_config(&split_dir),
+        synthetic_sources(),
+        Some(&split_dir),
+    )
+    .unwrap();
     assert_eq!(t.step(), 4);
     let s = t.run(&mut second, &no_stop).unwrap();
     assert_eq!(s.outcome, Outcome::Finished);
@@ -209,7 +214,11 @@ fn a_non_finite_loss_stops_naming_step_and_spectra_and_keeps_the_last_checkpoint
     assert_eq!(steps.last().copied(), Some(good));
     assert_eq!(
         last_checkpoint.as_deref(),
-        Some(tmp.path().join(format!("checkpoints/step-{good:09}")).as_path())
+        Some(
+            tmp.path()
+                .join(format!("checkpoints/step-{good:09}"))
+                .as_path()
+        )
     );
 }
 

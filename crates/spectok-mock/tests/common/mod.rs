@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 
@@ -34,7 +35,10 @@ pub fn expected(cfg: &MockConfig) -> HashMap<(Survey, String), Observed> {
     for u in &p.units {
         for (o, ob) in unit_observations(cfg, &p, u).unwrap_or_else(|e| panic!("observe: {e}")) {
             let key = (ob.survey.survey(), ob.id.to_string());
-            assert!(map.insert(key.clone(), (o, ob)).is_none(), "duplicate {key:?}");
+            assert!(
+                map.insert(key.clone(), (o, ob)).is_none(),
+                "duplicate {key:?}"
+            );
         }
     }
     map
