@@ -289,7 +289,22 @@ fn write_seeds(
     let mut files: Vec<PathBuf> = Vec::new();
     match (target, real) {
         (Target::FitsBytes, Some(real)) => {
-            files = files_ending(real, &[".fits", ".fit", ".fits.gz", ".fit.gz"]);
+            // The smallest file of each layout: every reader gets a valid
+            // start, and small inputs keep executions fast.
+            let mut smallest: std::collections::BTreeMap<String, (u64, PathBuf)> =
+                Default::default();
+            for f in files_ending(real, &[".fits", ".fit", ".fits.gz", ".fit.gz"]) {
+                let layout = match spectok_io::detect(&f) {
+                    Ok(fmt) => fmt.name().to_string(),
+                    Err(_) => f.display().to_string(),
+                };
+                let size = std::fs::metadata(&f)?.len();
+                let entry = smallest.entry(layout).or_insert((size, f.clone()));
+                if size < entry.0 {
+                    *entry = (size, f);
+                }
+            }
+            files = smallest.into_values().map(|(_, f)| f).collect();
         }
         (Target::Hdf5Bytes, Some(real)) => {
             files = files_ending(real, &[".hdf5", ".h5"]);

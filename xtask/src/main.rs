@@ -10,7 +10,12 @@ mod mock;
 
 /// spectok developer tasks.
 #[derive(Parser)]
-#[command(name = "xtask", bin_name = "cargo xtask", about = "spectok developer tasks", version)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "spectok developer tasks",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

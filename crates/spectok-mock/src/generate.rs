@@ -27,7 +27,7 @@ use crate::write::{self, Target};
 use crate::{Error, Result, GENERATOR};
 
 /// Spectra generated between two shard appends (bounds memory).
-const BATCH_SPECTRA: usize = 512;
+pub const BATCH_SPECTRA: usize = 512;
 
 /// What a run wrote.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -15,10 +15,10 @@
 //! Each object is observed by one or more surveys ([`survey`]: SDSS/BOSS,
 //! DESI, APOGEE, GALAH, LAMOST LRS) on the survey's native grid, at its
 //! resolution, with noise from its S/N distribution, bad pixels, chip gaps
-//! and mask bits ([`observe`]). The same object seen by two surveys has one
+//! and mask bits ([`mod@observe`]). The same object seen by two surveys has one
 //! id and one set of labels.
 //!
-//! Outputs ([`write`], driven by [`generate`]): SDSS `spec-*`, DESI
+//! Outputs ([`mod@write`], driven by [`generate()`]): SDSS `spec-*`, DESI
 //! `coadd-*` + `redrock-*`, APOGEE `apStar` + `aspcapStar`, GALAH per-CCD
 //! files and LAMOST LRS `spec-*` files in the layouts spectok-io's readers
 //! read, and spectok HDF5 shards. Everything is deterministic in the seed:

@@ -2,14 +2,17 @@
 //! seen at the survey's resolution, per-pixel noise from the survey's S/N
 //! distribution, bad pixels, chip gaps and mask bits.
 //!
-//! Noise: `σ_i = K √(s² sky_i² + max(m_i, 0)/m̄)` — a sky term (with sky
-//! emission lines and noisier arm edges) plus a photon term — where `K` is
-//! set so that the median of `m_i/σ_i` is the spectrum's S/N. The flux is
-//! `m_i + σ_i·N(0,1)`. Pixels without data (bad-pixel runs, chip gaps) have
-//! `σ = ∞`, flux 0 and a mask bit. Flux is then quantised to a power-of-two
-//! step no larger than `σ/q` (q = [`ObserveConfig::quantize`], as FITS tile
-//! compression does), which keeps files compressible and adds a variance of
-//! at most `σ²/(12 q²)`.
+//! Noise: `σ_i = K √(s_i² + max(m_i, 0)/m̄)` — a sky term `s_i` (the
+//! survey's sky level times a sky spectrum with emission lines, larger at
+//! arm edges) plus a photon term (`m̄` the median model flux) — where `K`
+//! is set so that the median of `m_i/σ_i` is the spectrum's S/N, drawn
+//! from the survey's S/N distribution given the object's magnitude. The
+//! flux is `m_i + σ_i·N(0,1)`. Pixels without data (bad-pixel runs, chip
+//! gaps) have `σ = ∞`, flux 0 and a mask bit. Flux is then quantised to a
+//! power-of-two step no larger than `σ/q` (q = [`ObserveConfig::quantize`],
+//! as FITS tile compression does), which keeps files compressible and adds
+//! a variance of at most `σ²/(12 q²)`; stored inverse variances and σ are
+//! rounded to 8 significant bits (≤ 0.2 %).
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;

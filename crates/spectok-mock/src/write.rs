@@ -392,14 +392,31 @@ fn exp_fibermap(tile: u32, petal: u32, fibres: &[Fibre]) -> Vec<(&'static str, C
     let fibre0 = petal as i32 * 500;
     let rows = || (0..DESI_EXPOSURES).flat_map(|e| (0..fibres.len()).map(move |k| (e, k)));
     vec![
-        ("TARGETID", Col::I64(rows().map(|(_, k)| fibres[k].1.id).collect(), 1)),
+        (
+            "TARGETID",
+            Col::I64(rows().map(|(_, k)| fibres[k].1.id).collect(), 1),
+        ),
         ("NIGHT", Col::I32(vec![DESI_NIGHT as i32; n], 1)),
-        ("EXPID", Col::I32(rows().map(|(e, _)| 900_000 + tile as i32 * 10 + e as i32).collect(), 1)),
-        ("MJD", Col::F64(rows().map(|(e, _)| 60676.2 + 0.02 * e as f64).collect(), 1)),
+        (
+            "EXPID",
+            Col::I32(
+                rows()
+                    .map(|(e, _)| 900_000 + tile as i32 * 10 + e as i32)
+                    .collect(),
+                1,
+            ),
+        ),
+        (
+            "MJD",
+            Col::F64(rows().map(|(e, _)| 60676.2 + 0.02 * e as f64).collect(), 1),
+        ),
         ("TILEID", Col::I32(vec![tile as i32; n], 1)),
         ("EXPTIME", Col::F64(vec![1000.0; n], 1)),
         ("PETAL_LOC", Col::I16(vec![petal as i16; n], 1)),
-        ("FIBER", Col::I32(rows().map(|(_, k)| fibre0 + k as i32).collect(), 1)),
+        (
+            "FIBER",
+            Col::I32(rows().map(|(_, k)| fibre0 + k as i32).collect(), 1),
+        ),
         ("FIBERSTATUS", Col::I32(vec![0; n], 1)),
     ]
 }

@@ -47,7 +47,8 @@ fn hdus(path: &Path) -> Vec<Hdu> {
                     columns: vec![],
                 },
                 HduInfo::TableInfo {
-                    column_descriptions, ..
+                    column_descriptions,
+                    ..
                 } => Hdu {
                     name,
                     image: None,
@@ -83,7 +84,13 @@ fn same_type(a: ColumnDataType, b: ColumnDataType) -> bool {
 /// leave some out, e.g. DESI's resolution matrices); unnamed HDUs (APOGEE)
 /// and the primary are compared at the same index.
 fn compare(mock: &Path, real: &Path, fixed_repeat: &[&str]) {
-    assert_eq!(detect(mock).ok(), detect(real).ok(), "{} vs {}", mock.display(), real.display());
+    assert_eq!(
+        detect(mock).ok(),
+        detect(real).ok(),
+        "{} vs {}",
+        mock.display(),
+        real.display()
+    );
     let (m, r) = (hdus(mock), hdus(real));
     let mut last = 0;
     for (i, mh) in m.iter().enumerate() {
@@ -92,13 +99,27 @@ fn compare(mock: &Path, real: &Path, fixed_repeat: &[&str]) {
         } else {
             r.iter()
                 .position(|h| h.name.eq_ignore_ascii_case(&mh.name))
-                .unwrap_or_else(|| panic!("{}: HDU {:?} is not in {}", mock.display(), mh.name, real.display()))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{}: HDU {:?} is not in {}",
+                        mock.display(),
+                        mh.name,
+                        real.display()
+                    )
+                })
         };
         let ctx = format!("{} HDU {i} vs {} HDU {ri}", mock.display(), real.display());
         assert!(ri >= last, "{ctx}: HDUs out of the real order");
         last = ri;
-        let rh = r.get(ri).unwrap_or_else(|| panic!("{ctx}: real file has no HDU {ri}"));
-        assert!(mh.name.eq_ignore_ascii_case(&rh.name), "{ctx}: name {:?} vs {:?}", mh.name, rh.name);
+        let rh = r
+            .get(ri)
+            .unwrap_or_else(|| panic!("{ctx}: real file has no HDU {ri}"));
+        assert!(
+            mh.name.eq_ignore_ascii_case(&rh.name),
+            "{ctx}: name {:?} vs {:?}",
+            mh.name,
+            rh.name
+        );
         match (mh.image, rh.image) {
             // An HDU without data (NAXIS = 0) has no meaningful BITPIX.
             (Some((0, _)), Some((0, _))) => {}
@@ -113,10 +134,14 @@ fn compare(mock: &Path, real: &Path, fixed_repeat: &[&str]) {
             (a, b) => assert_eq!(a.is_some(), b.is_some(), "{ctx}: image vs table"),
         }
         for (name, typ, rep) in &mh.columns {
-            let Some((_, rt, rrep)) = rh.columns.iter().find(|c| c.0.eq_ignore_ascii_case(name)) else {
+            let Some((_, rt, rrep)) = rh.columns.iter().find(|c| c.0.eq_ignore_ascii_case(name))
+            else {
                 panic!("{ctx}: column {name} is not in the real table");
             };
-            assert!(same_type(*typ, *rt), "{ctx}: column {name} {typ:?} vs {rt:?}");
+            assert!(
+                same_type(*typ, *rt),
+                "{ctx}: column {name} {typ:?} vs {rt:?}"
+            );
             if fixed_repeat.contains(&name.as_str()) {
                 assert_eq!(rep, rrep, "{ctx}: column {name} repeat");
             }
@@ -132,13 +157,19 @@ fn first(dir: &Path, prefix: &str) -> PathBuf {
             let p = e.unwrap_or_else(|e| panic!("{e}")).path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)) {
+            } else if p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+            {
                 v.push(p);
             }
         }
     }
     v.sort();
-    v.into_iter().next().unwrap_or_else(|| panic!("no {prefix}* under {}", dir.display()))
+    v.into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no {prefix}* under {}", dir.display()))
 }
 
 #[test]
@@ -149,9 +180,21 @@ fn mock_layouts_match_the_real_files() {
     generate(&cfg, dir.path(), &|_, _| {}).unwrap_or_else(|e| panic!("generate: {e}"));
     let d = dir.path();
     let fparam = ["FPARAM", "PARAM", "PARAMFLAG", "SN_MEDIAN", "COEFF"];
-    compare(&first(&d.join("sdss"), "spec-"), &real.join("sdss/spec-0266-51602-0013.fits"), &fparam);
-    compare(&first(&d.join("desi"), "coadd-"), &real.join("desi/coadd-5-169-thru20210419.fits"), &fparam);
-    compare(&first(&d.join("desi"), "redrock-"), &real.join("desi/redrock-4-80613-thru20210324.fits"), &fparam);
+    compare(
+        &first(&d.join("sdss"), "spec-"),
+        &real.join("sdss/spec-0266-51602-0013.fits"),
+        &fparam,
+    );
+    compare(
+        &first(&d.join("desi"), "coadd-"),
+        &real.join("desi/coadd-5-169-thru20210419.fits"),
+        &fparam,
+    );
+    compare(
+        &first(&d.join("desi"), "redrock-"),
+        &real.join("desi/redrock-4-80613-thru20210324.fits"),
+        &fparam,
+    );
     compare(
         &first(&d.join("apogee"), "apStar-"),
         &real.join("apogee/apStar-r6-2M17334253-1654573.fits"),
@@ -162,7 +205,11 @@ fn mock_layouts_match_the_real_files() {
         &real.join("apogee/aspcapStar-r6-l30e.2-2M17334253-1654573.fits"),
         &fparam,
     );
-    compare(&first(&d.join("galah"), "9"), &real.join("galah/2101150001010013.fits"), &fparam);
+    compare(
+        &first(&d.join("galah"), "9"),
+        &real.join("galah/2101150001010013.fits"),
+        &fparam,
+    );
     compare(
         &first(&d.join("lamost"), "spec-"),
         &real.join("lamost/spec-55859-F5902_sp01-001.fits.gz"),
