@@ -661,6 +661,17 @@ fn compression(c: &mut Corpus) {
     std::fs::write(&p, &bomb).unwrap();
     let msgs = c.check(&p, Some(Format::SdssSpSpec), Error);
     assert!(msgs.iter().any(|m| m.contains("more than")), "{msgs:?}");
+    // Zero padding after the gzip member (as some archives write): read.
+    let mut padded = gzip(&ok);
+    pad(&mut padded, 0);
+    c.bytes("gz-padded.fits.gz", &padded, None, Spectra);
+    // A second member after the first is not read (cfitsio reads one), so
+    // a bomb hidden there costs nothing.
+    let mut two = gzip(&ok);
+    two.extend(gzip(&vec![0u8; 64 << 20]));
+    let n = two.len();
+    two[n - 4..].copy_from_slice(&[0; 4]);
+    c.bytes("gz-two-members.fits.gz", &two, None, Spectra);
     // Compressions cfitsio would also open: refused by name.
     for (name, magic) in [
         ("unix-compress.fits.Z", &[0x1f, 0x9d, 0x90][..]),

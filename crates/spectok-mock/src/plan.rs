@@ -67,13 +67,13 @@ impl MockConfig {
     pub fn demo() -> Self {
         MockConfig {
             seed: 20_250_101,
-            count: 80,
-            fractions: [0.27, 0.42, 0.09, 0.06, 0.16],
+            count: 130,
+            fractions: [0.32, 0.34, 0.08, 0.05, 0.21],
             cross_fraction: 0.12,
             desi_targets_per_file: 12,
             desi_sky_per_file: 1,
             fits: true,
-            shards: true,
+            shards: false,
             shard_size: 1000,
             gzip: true,
             observe: ObserveConfig {
