@@ -6,9 +6,11 @@
 
 mod convert;
 mod embed;
+mod finetune;
 mod inspect;
 mod merge;
 mod plot;
+mod predict;
 mod pretrain;
 mod progress;
 mod reconstruct;
@@ -35,6 +37,8 @@ enum Command {
     Embed(embed::Args),
     Merge(merge::Args),
     Reconstruct(reconstruct::Args),
+    Finetune(finetune::Args),
+    Predict(predict::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,8 @@ fn main() -> ExitCode {
         Command::Embed(a) => embed::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Reconstruct(a) => reconstruct::run(a),
+        Command::Finetune(a) => finetune::run(a),
+        Command::Predict(a) => predict::run(a),
     };
     match result {
         Ok(code) => code,

@@ -227,7 +227,11 @@ fn print_summary(s: &Summary) {
         Outcome::Finished => println!("finished after {} steps", s.step),
         Outcome::Interrupted => println!("interrupted after {} steps", s.step),
     }
-    if let (Some(first), Some(last)) = (&s.first_eval, &s.last_eval) {
+    let evals = match (&s.first_eval, &s.last_eval) {
+        (Some(f), Some(l)) if l.step > f.step => Some((f, l)),
+        _ => None,
+    };
+    if let Some((first, last)) = evals {
         println!(
             "{:<12} {:>14} {:>14} {:>10}",
             "survey",

@@ -81,7 +81,9 @@ pub struct DataConfig {
     pub split_seed: u64,
     /// Validation spectra read from each source at most (default 256); a
     /// source's files are read in order until this many validation spectra
-    /// are found, so a huge source costs no more than that to evaluate.
+    /// are found, so a huge source costs no more than that to evaluate
+    /// (and about `val_max_spectra / val_fraction` spectra read once when
+    /// the run starts).
     pub val_max_spectra: usize,
     /// Spectra per validation batch (default 32).
     pub eval_batch_size: usize,

@@ -15,6 +15,8 @@
 //!   weight decay, global-norm clipping, warmup + cosine.
 //! - [`Checkpoints`] ([`checkpoint`]): atomic checkpoint directories,
 //!   keep-last-K plus `best`, exact resume.
+//! - [`finetune`]: light heads on the frozen tokenizer (redshift,
+//!   class, stellar parameters), their scores, baselines and predictions.
 //! - [`metrics`] (`metrics.jsonl`) and [`eval`] (per-survey validation,
 //!   `reconstructions.json` for the plots).
 //!
@@ -25,6 +27,7 @@ pub mod config;
 pub mod embed;
 pub mod error;
 pub mod eval;
+pub mod finetune;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;

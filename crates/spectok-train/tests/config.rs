@@ -30,6 +30,18 @@ fn defaults_fill_missing_fields() {
     assert_eq!(cfg.device, "cpu");
     assert_eq!(cfg.data.sources[0].weight, 1.0);
     assert_eq!(cfg.data.prepare.patch_size, cfg.model.patch_size);
+    // A token budget instead of a fixed batch size.
+    let cfg = TrainConfig::from_json(&with_data(
+        r#""batch": {"mode": "tokens", "max_tokens": 8192, "max_spectra": 64}"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.batch,
+        spectok_data::BatchSize::Tokens {
+            max_tokens: 8192,
+            max_spectra: 64
+        }
+    );
     // The model's patch size is the loader's.
     let cfg = TrainConfig::from_json(&with_data(r#""model": {"patch_size": 16}"#)).unwrap();
     assert_eq!(cfg.data.prepare.patch_size, 16);

@@ -39,18 +39,20 @@ impl Observer for Recorder {
 }
 
 fn tiny_config(out: &Path) -> TrainConfig {
-    let mut cfg = TrainConfig::default();
-    cfg.model = spectok_model::Config {
-        patch_size: 16,
-        d_model: 16,
-        encoder_layers: 1,
-        decoder_layers: 1,
-        heads: 2,
-        mlp_ratio: 2.0,
-        wavelength_freqs: 8,
-        offset_freqs: 2,
-        mask_ratio: 0.25,
-        ..spectok_model::Config::paper()
+    let mut cfg = TrainConfig {
+        model: spectok_model::Config {
+            patch_size: 16,
+            d_model: 16,
+            encoder_layers: 1,
+            decoder_layers: 1,
+            heads: 2,
+            mlp_ratio: 2.0,
+            wavelength_freqs: 8,
+            offset_freqs: 2,
+            mask_ratio: 0.25,
+            ..spectok_model::Config::paper()
+        },
+        ..TrainConfig::default()
     };
     cfg.data.prepare.patch_size = 16;
     cfg.data.val_fraction = 0.2;

@@ -1,0 +1,372 @@
+//! Downstream tasks on the frozen tokenizer: `spectok finetune` and
+//! `spectok predict`.
+//!
+//! # Tasks ([`Task`])
+//!
+//! - **redshift**: the head predicts the standardised `log(1+z)` and its
+//!   log-variance (Gaussian negative log-likelihood), so every prediction
+//!   comes with an uncertainty `z_err`. Scored by σ_NMAD, bias and the
+//!   outlier fractions |Δz|/(1+z) > 0.05 and > 0.15 ([`metrics`]).
+//! - **class**: a label set (GALAXY / QSO / STAR by default, or every
+//!   class in the data when the config's `classes` is empty), softmax
+//!   cross-entropy; scored by accuracy per class, mean and the confusion
+//!   matrix.
+//! - **stellar**: Teff, log g, [Fe/H] (and [α/M] when at least half the
+//!   labelled spectra carry it), each standardised on the training part,
+//!   one multi-output head with a masked squared error; scored by the
+//!   median absolute deviation and bias per parameter.
+//!
+//! Labels come from the inputs (whatever the readers carry: SDSS/LAMOST
+//! `Z`/`CLASS`, DESI redrock, APOGEE `FPARAM`, GALAH headers, MMU
+//! columns, mock labels) or from a CSV keyed by object id
+//! ([`data::read_labels_csv`], which then replaces the inputs' labels).
+//! Missing labels, a set redshift warning and classes outside the label
+//! set exclude a spectrum; the exclusions are counted by reason.
+//!
+//! # Data flow
+//!
+//! 1. The frozen encoder embeds the inputs once, with tokens, through the
+//!    embedding pipeline ([`crate::embed::embed`]); the file is cached
+//!    under a key of the checkpoint's SHA-256, the preparation config and
+//!    the input files ([`cache_path`]), so the three tasks and reruns
+//!    share it.
+//! 2. Objects are split by a hash of their id into train / val / test
+//!    ([`data::part_of`]; defaults 70 / 10 / 20 %).
+//! 3. The head ([`head`]) is trained with AdamW on the train part; the
+//!    validation loss is computed after every epoch and training stops
+//!    after `patience` epochs without improvement; the best weights are
+//!    kept.
+//! 4. The test part is scored, and so are the baselines on the same split
+//!    ([`baselines`]): ridge regression and k-NN on the pooled embedding,
+//!    and (when the inputs hold spectra of one survey on a common grid)
+//!    ridge and k-NN on a PCA of the median-normalised flux of the most
+//!    common survey, next to the head's score on the same survey subset.
+//!
+//! # The head directory
+//!
+//! `head.safetensors` (weights), `head.json` ([`HeadMeta`]: task, label
+//! set, standardisation, head config, the tokenizer checkpoint and its
+//! SHA-256), `metrics.json` ([`Report`]) and `test_predictions.csv`; the
+//! command line adds the plots.
+
+pub mod baselines;
+pub mod data;
+pub mod head;
+pub mod metrics;
+pub mod predict;
+pub mod train;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use data::{load_samples, part_of, read_labels_csv, targets, Part, Sample, Targets};
+pub use head::{Head, HeadConfig, HeadKind};
+pub use metrics::{ClassMetrics, ParamMetrics, RedshiftMetrics};
+pub use predict::{load_head, predict_samples, write_predictions, LoadedHead, Prediction};
+pub use train::{finetune, FinetuneOutcome};
+
+use crate::embed::{embed, sha256_file, EmbedModel, EmbedObserver, EmbedOptions};
+use crate::error::{Error, Result};
+
+/// Weights file of a head directory.
+pub const HEAD_WEIGHTS: &str = "head.safetensors";
+/// Description file of a head directory.
+pub const HEAD_META: &str = "head.json";
+/// Test-split scores of a head directory.
+pub const METRICS_JSON: &str = "metrics.json";
+/// Per-object test predictions of a head directory.
+pub const TEST_PREDICTIONS: &str = "test_predictions.csv";
+
+/// A downstream task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Regress the redshift.
+    Redshift,
+    /// Classify the object.
+    Class,
+    /// Regress stellar parameters.
+    Stellar,
+}
+
+impl Task {
+    /// The task's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Redshift => "redshift",
+            Task::Class => "class",
+            Task::Stellar => "stellar",
+        }
+    }
+
+    /// The task called `s`.
+    pub fn from_name(s: &str) -> Option<Task> {
+        match s {
+            "redshift" => Some(Task::Redshift),
+            "class" => Some(Task::Class),
+            "stellar" => Some(Task::Stellar),
+            _ => None,
+        }
+    }
+}
+
+/// Everything about a finetuning run (`configs/finetune-*.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    /// The task.
+    pub task: Task,
+    /// The head.
+    pub head: HeadConfig,
+    /// Class label set (class task); empty: every class in the data.
+    pub classes: Vec<String>,
+    /// Largest number of epochs.
+    pub epochs: usize,
+    /// Spectra per optimiser step.
+    pub batch_size: usize,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Epochs without a better validation loss before stopping.
+    pub patience: usize,
+    /// Fraction of objects in the validation part.
+    pub val_fraction: f64,
+    /// Fraction of objects in the test part.
+    pub test_fraction: f64,
+    /// Seed of the id hash deciding the split.
+    pub split_seed: u64,
+    /// Seed of the head's initial weights and of the batch order.
+    pub seed: u64,
+    /// Tokens kept per spectrum (longer sequences are average-pooled in
+    /// groups; 0: all).
+    pub max_tokens: usize,
+    /// Neighbours of the k-NN baselines.
+    pub knn_k: usize,
+    /// Principal components of the flux baseline.
+    pub pca_components: usize,
+    /// Run the baselines.
+    pub baselines: bool,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            task: Task::Redshift,
+            head: HeadConfig::default(),
+            classes: vec!["GALAXY".into(), "QSO".into(), "STAR".into()],
+            epochs: 100,
+            batch_size: 128,
+            lr: 1e-3,
+            weight_decay: 1e-4,
+            patience: 10,
+            val_fraction: 0.1,
+            test_fraction: 0.2,
+            split_seed: 0,
+            seed: 0,
+            max_tokens: 256,
+            knn_k: 10,
+            pca_components: 32,
+            baselines: true,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// Reads a JSON config; unknown fields are errors naming the field.
+    pub fn from_file(path: &Path) -> Result<FinetuneConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+        let de = &mut serde_json::Deserializer::from_str(&text);
+        let cfg: FinetuneConfig =
+            serde_path_to_error::deserialize(de).map_err(|e| Error::Config {
+                file: Some(path.to_path_buf()),
+                field: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        for (f, v) in [("epochs", self.epochs), ("batch_size", self.batch_size)] {
+            if v == 0 {
+                return Err(Error::config(f, "must be at least 1"));
+            }
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::config("lr", "must be positive"));
+        }
+        if !(0.0..1.0).contains(&self.val_fraction)
+            || !(0.0..1.0).contains(&self.test_fraction)
+            || self.val_fraction + self.test_fraction >= 1.0
+        {
+            return Err(Error::config(
+                "val_fraction",
+                "val_fraction and test_fraction must be in [0, 1) and leave a training part",
+            ));
+        }
+        if self.head.kind == HeadKind::Attentive && (self.head.heads == 0 || self.head.queries == 0)
+        {
+            return Err(Error::config(
+                "head.heads",
+                "heads and queries must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What `head.json` holds: all a later `predict` needs besides the weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadMeta {
+    /// The task.
+    pub task: Task,
+    /// Class names (class) or target names (redshift: `z`; stellar:
+    /// parameters), in output order.
+    pub names: Vec<String>,
+    /// The head architecture.
+    pub head: HeadConfig,
+    /// Embedding width D of the tokenizer.
+    pub dim: usize,
+    /// Tokens kept per spectrum.
+    pub max_tokens: usize,
+    /// Target standardisation: mean per target (redshift: of log(1+z)).
+    pub target_mean: Vec<f64>,
+    /// Target standardisation: standard deviation per target.
+    pub target_std: Vec<f64>,
+    /// Pooled-embedding standardisation (linear head): mean per dimension.
+    pub feature_mean: Vec<f64>,
+    /// Pooled-embedding standardisation (linear head): std per dimension.
+    pub feature_std: Vec<f64>,
+    /// The tokenizer checkpoint directory the head was trained on.
+    pub checkpoint: String,
+    /// SHA-256 of that checkpoint's `model.safetensors`.
+    pub checkpoint_sha256: String,
+    /// The full finetuning config.
+    pub config: FinetuneConfig,
+    /// Version of the writing program.
+    pub spectok_version: String,
+}
+
+/// Scores of one model (head or baseline) on the test part.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskMetrics {
+    /// Redshift scores.
+    Redshift(RedshiftMetrics),
+    /// Classification scores.
+    Class(ClassMetrics),
+    /// Stellar scores per parameter.
+    Stellar(BTreeMap<String, ParamMetrics>),
+}
+
+/// One row of the results table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    /// What was scored (`head`, `ridge(pooled)`, …).
+    pub model: String,
+    /// Which test objects (`all` or a survey name).
+    pub subset: String,
+    /// The scores.
+    pub metrics: TaskMetrics,
+}
+
+/// `metrics.json`: the run's counts and the results table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The task.
+    pub task: Task,
+    /// Labelled spectra per part.
+    pub counts: BTreeMap<String, usize>,
+    /// Spectra excluded, by reason.
+    pub excluded: BTreeMap<String, usize>,
+    /// Epochs run.
+    pub epochs_run: usize,
+    /// The epoch whose weights were kept (1-based).
+    pub best_epoch: usize,
+    /// Validation loss per epoch.
+    pub val_loss: Vec<f64>,
+    /// Training loss per epoch.
+    pub train_loss: Vec<f64>,
+    /// The head and the baselines on the test part.
+    pub results: Vec<Scored>,
+}
+
+/// Where the cached embeddings of `inputs` under model `m` live in
+/// `cache_dir`: `embeddings-KEY.h5`, KEY = the first 16 hex digits of the
+/// SHA-256 of the checkpoint's SHA-256, the preparation config, the
+/// inputs as given and the files they expand to (path, size, modification
+/// time).
+pub fn cache_path(m: &EmbedModel, inputs: &[String], cache_dir: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(m.sha256.as_bytes());
+    h.update(
+        serde_json::to_string(&m.prepare)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    for i in inputs {
+        h.update(i.as_bytes());
+        h.update([0u8]);
+    }
+    // The files the inputs expand to, with their sizes and modification
+    // times, so a changed input is embedded again.
+    let (files, _) = spectok_io::expand_inputs(inputs);
+    for f in files {
+        h.update(f.display().to_string().as_bytes());
+        if let Ok(md) = std::fs::metadata(&f) {
+            h.update(md.len().to_le_bytes());
+            if let Ok(t) = md.modified() {
+                if let Ok(d) = t.duration_since(std::time::UNIX_EPOCH) {
+                    h.update(d.as_nanos().to_le_bytes());
+                }
+            }
+        }
+    }
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    cache_dir.join(format!("embeddings-{key}.h5"))
+}
+
+/// The embeddings (with tokens) of `inputs` under `m`: read from the cache
+/// when present and made by the same checkpoint, else computed once with
+/// the embedding pipeline and stored. Returns the file and whether it was
+/// reused.
+pub fn cached_embeddings(
+    m: &EmbedModel,
+    inputs: &[String],
+    cache_dir: &Path,
+    opts: &EmbedOptions,
+    observer: &mut dyn EmbedObserver,
+) -> Result<(PathBuf, bool)> {
+    let path = cache_path(m, inputs, cache_dir);
+    if path.is_file() {
+        if let Ok(f) = spectok_io::embeddings::EmbeddingsFile::open(&path) {
+            if f.meta().run.checkpoint_sha256 == m.sha256 && f.meta().tokens {
+                return Ok((path, true));
+            }
+        }
+    }
+    std::fs::create_dir_all(cache_dir).map_err(|e| Error::file(cache_dir, e))?;
+    let opts = EmbedOptions {
+        tokens: true,
+        overwrite: true,
+        ..opts.clone()
+    };
+    embed(m, inputs, &path, &opts, observer)?;
+    Ok((path, false))
+}
+
+/// SHA-256 of a checkpoint's weights, for checking a head against the
+/// tokenizer it is used with.
+pub fn checkpoint_sha256(checkpoint_dir: &Path) -> Result<String> {
+    sha256_file(&checkpoint_dir.join(spectok_model::WEIGHTS_FILE))
+}
