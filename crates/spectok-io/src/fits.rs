@@ -9,7 +9,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use fitsio::hdu::{FitsHdu, HduInfo};
-use fitsio::images::ImageType;
+use fitsio::images::{ImageType, ReadImage};
+use fitsio::tables::ReadsCol;
 use fitsio::FitsFile;
 
 use crate::error::{Error, Location, Result};
@@ -276,12 +277,15 @@ impl Fits {
         Ok(d.shape)
     }
 
-    /// Reads a whole image as f64 (any BITPIX; BSCALE/BZERO applied by
+    /// Reads a whole image as `T` (any BITPIX; BSCALE/BZERO applied by
     /// cfitsio). Returns the values and the shape (C order).
-    pub fn read_image_f64(&mut self, index: usize, field: &str) -> Result<(Vec<f64>, Vec<usize>)> {
+    fn read_image_as<T>(&mut self, index: usize, field: &str) -> Result<(Vec<T>, Vec<usize>)>
+    where
+        Vec<T>: ReadImage,
+    {
         let shape = self.image_shape(index, field)?;
         let hdu = self.hdu(index)?;
-        let v: Vec<f64> = hdu.read_image(&mut self.file).map_err(|e| {
+        let v: Vec<T> = hdu.read_image(&mut self.file).map_err(|e| {
             Error::bad(
                 self.loc(index).field(field),
                 format!("cannot read image: {}", msg(&e)),
@@ -289,134 +293,82 @@ impl Fits {
         })?;
         check_len(&v, &shape, || self.loc(index).field(field))?;
         Ok((v, shape))
+    }
+
+    /// Reads a whole image as f64 (any BITPIX; BSCALE/BZERO applied by
+    /// cfitsio). Returns the values and the shape (C order).
+    pub fn read_image_f64(&mut self, index: usize, field: &str) -> Result<(Vec<f64>, Vec<usize>)> {
+        self.read_image_as(index, field)
     }
 
     /// Reads a whole image as f32.
     pub fn read_image_f32(&mut self, index: usize, field: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        let shape = self.image_shape(index, field)?;
-        let hdu = self.hdu(index)?;
-        let v: Vec<f32> = hdu.read_image(&mut self.file).map_err(|e| {
-            Error::bad(
-                self.loc(index).field(field),
-                format!("cannot read image: {}", msg(&e)),
-            )
-        })?;
-        check_len(&v, &shape, || self.loc(index).field(field))?;
-        Ok((v, shape))
+        self.read_image_as(index, field)
     }
 
     /// Reads a whole integer image as i64 (for bitmasks).
     pub fn read_image_i64(&mut self, index: usize, field: &str) -> Result<(Vec<i64>, Vec<usize>)> {
-        let shape = self.image_shape(index, field)?;
-        let hdu = self.hdu(index)?;
-        let v: Vec<i64> = hdu.read_image(&mut self.file).map_err(|e| {
-            Error::bad(
-                self.loc(index).field(field),
-                format!("cannot read image: {}", msg(&e)),
-            )
-        })?;
-        check_len(&v, &shape, || self.loc(index).field(field))?;
-        Ok((v, shape))
+        self.read_image_as(index, field)
     }
 
     /// Reads row `row` of a 2-D image (or the whole of a 1-D image when
-    /// `row == 0`), so multi-spectrum images stream one spectrum at a time.
+    /// `row == 0`) as `T`, so multi-spectrum images stream one spectrum at a
+    /// time.
+    fn read_image_row_as<T>(&mut self, index: usize, row: usize, field: &str) -> Result<Vec<T>>
+    where
+        Vec<T>: ReadImage,
+    {
+        let shape = self.image_shape(index, field)?;
+        let (nrow, ncol) = rows_cols(&shape, || self.loc(index).field(field))?;
+        let loc = self.loc(index).field(field).row(row as u64);
+        let at = || loc.clone();
+        if row >= nrow {
+            return Err(Error::bad(
+                at(),
+                format!("row out of range (image has {nrow} rows)"),
+            ));
+        }
+        let hdu = self.hdu(index)?;
+        let v: Vec<T> = hdu
+            .read_section(&mut self.file, row * ncol, (row + 1) * ncol)
+            .map_err(|e| Error::bad(at(), format!("cannot read row: {}", msg(&e))))?;
+        if v.len() != ncol {
+            return Err(Error::bad(
+                at(),
+                format!("read {} of {ncol} values", v.len()),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Reads row `row` of a 2-D image as f64 (see `read_image_row_as`).
     pub fn read_image_row_f64(
         &mut self,
         index: usize,
         row: usize,
         field: &str,
     ) -> Result<Vec<f64>> {
-        let shape = self.image_shape(index, field)?;
-        let (nrow, ncol) = rows_cols(&shape, || self.loc(index).field(field))?;
-        if row >= nrow {
-            return Err(Error::bad(
-                self.loc(index).field(field).row(row as u64),
-                format!("row out of range (image has {nrow} rows)"),
-            ));
-        }
-        let hdu = self.hdu(index)?;
-        let v: Vec<f64> = hdu
-            .read_section(&mut self.file, row * ncol, (row + 1) * ncol)
-            .map_err(|e| {
-                Error::bad(
-                    self.loc(index).field(field).row(row as u64),
-                    format!("cannot read row: {}", msg(&e)),
-                )
-            })?;
-        if v.len() != ncol {
-            return Err(Error::bad(
-                self.loc(index).field(field).row(row as u64),
-                format!("read {} of {ncol} values", v.len()),
-            ));
-        }
-        Ok(v)
+        self.read_image_row_as(index, row, field)
     }
 
-    /// Like [`Fits::read_image_row_f64`] for f32 data.
+    /// Reads row `row` of a 2-D image as f32.
     pub fn read_image_row_f32(
         &mut self,
         index: usize,
         row: usize,
         field: &str,
     ) -> Result<Vec<f32>> {
-        let shape = self.image_shape(index, field)?;
-        let (nrow, ncol) = rows_cols(&shape, || self.loc(index).field(field))?;
-        if row >= nrow {
-            return Err(Error::bad(
-                self.loc(index).field(field).row(row as u64),
-                format!("row out of range (image has {nrow} rows)"),
-            ));
-        }
-        let hdu = self.hdu(index)?;
-        let v: Vec<f32> = hdu
-            .read_section(&mut self.file, row * ncol, (row + 1) * ncol)
-            .map_err(|e| {
-                Error::bad(
-                    self.loc(index).field(field).row(row as u64),
-                    format!("cannot read row: {}", msg(&e)),
-                )
-            })?;
-        if v.len() != ncol {
-            return Err(Error::bad(
-                self.loc(index).field(field).row(row as u64),
-                format!("read {} of {ncol} values", v.len()),
-            ));
-        }
-        Ok(v)
+        self.read_image_row_as(index, row, field)
     }
 
-    /// Like [`Fits::read_image_row_f64`] for integer data (bitmasks).
+    /// Reads row `row` of a 2-D integer image as i64 (bitmasks).
     pub fn read_image_row_i64(
         &mut self,
         index: usize,
         row: usize,
         field: &str,
     ) -> Result<Vec<i64>> {
-        let shape = self.image_shape(index, field)?;
-        let (nrow, ncol) = rows_cols(&shape, || self.loc(index).field(field))?;
-        if row >= nrow {
-            return Err(Error::bad(
-                self.loc(index).field(field).row(row as u64),
-                format!("row out of range (image has {nrow} rows)"),
-            ));
-        }
-        let hdu = self.hdu(index)?;
-        let v: Vec<i64> = hdu
-            .read_section(&mut self.file, row * ncol, (row + 1) * ncol)
-            .map_err(|e| {
-                Error::bad(
-                    self.loc(index).field(field).row(row as u64),
-                    format!("cannot read row: {}", msg(&e)),
-                )
-            })?;
-        if v.len() != ncol {
-            return Err(Error::bad(
-                self.loc(index).field(field).row(row as u64),
-                format!("read {} of {ncol} values", v.len()),
-            ));
-        }
-        Ok(v)
+        self.read_image_row_as(index, row, field)
     }
 
     fn table(&mut self, index: usize, column: &str) -> Result<(FitsHdu, HduDesc)> {
@@ -447,40 +399,32 @@ impl Fits {
             .is_ok_and(|d| d.column_index(column).is_some())
     }
 
-    /// Reads a numeric column (all rows; array cells flattened row-major).
-    pub fn read_col_f64(&mut self, index: usize, column: &str) -> Result<Vec<f64>> {
+    /// Reads a numeric column as `T` (all rows; array cells flattened
+    /// row-major).
+    fn read_col_as<T: ReadsCol>(&mut self, index: usize, column: &str) -> Result<Vec<T>> {
         let (hdu, d) = self.table(index, column)?;
         let name = d.columns[d.column_index(column).unwrap_or(0)].clone();
-        hdu.read_col::<f64>(&mut self.file, &name).map_err(|e| {
+        hdu.read_col::<T>(&mut self.file, &name).map_err(|e| {
             Error::bad(
                 self.loc(index).field(column),
                 format!("cannot read column: {}", msg(&e)),
             )
         })
+    }
+
+    /// Reads a numeric column (all rows; array cells flattened row-major).
+    pub fn read_col_f64(&mut self, index: usize, column: &str) -> Result<Vec<f64>> {
+        self.read_col_as(index, column)
     }
 
     /// Reads a numeric column as f32.
     pub fn read_col_f32(&mut self, index: usize, column: &str) -> Result<Vec<f32>> {
-        let (hdu, d) = self.table(index, column)?;
-        let name = d.columns[d.column_index(column).unwrap_or(0)].clone();
-        hdu.read_col::<f32>(&mut self.file, &name).map_err(|e| {
-            Error::bad(
-                self.loc(index).field(column),
-                format!("cannot read column: {}", msg(&e)),
-            )
-        })
+        self.read_col_as(index, column)
     }
 
     /// Reads an integer column as i64.
     pub fn read_col_i64(&mut self, index: usize, column: &str) -> Result<Vec<i64>> {
-        let (hdu, d) = self.table(index, column)?;
-        let name = d.columns[d.column_index(column).unwrap_or(0)].clone();
-        hdu.read_col::<i64>(&mut self.file, &name).map_err(|e| {
-            Error::bad(
-                self.loc(index).field(column),
-                format!("cannot read column: {}", msg(&e)),
-            )
-        })
+        self.read_col_as(index, column)
     }
 
     /// Reads a numeric column for rows `rows` only (streaming large tables).
