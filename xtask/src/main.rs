@@ -5,6 +5,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod fuzz;
 mod mock;
 
@@ -41,6 +42,9 @@ enum Command {
     /// Run one fuzz target of fuzz/ (cargo-fuzz) for a while, seeded from
     /// the real survey files, and report executions and crashes.
     Fuzz(fuzz::Args),
+    /// Benchmark spectok side by side with PyTorch, astropy and the
+    /// machine's GEMM peak, and record the results in BENCHMARKS.md.
+    Bench(bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +52,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::MockSurvey(args) => mock::run(args),
         Command::Fuzz(args) => fuzz::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

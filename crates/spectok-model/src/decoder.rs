@@ -77,10 +77,10 @@ impl DecoderBlock {
         memory_mask: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
-        let h = xs.apply(&self.norm1)?;
+        let h = self.norm1.forward_t(xs, train)?;
         let h = self.cross_attn.forward(&h, memory, memory_mask, train)?;
         let xs = (xs + dropout(&h, self.dropout, train)?)?;
-        let h = xs.apply(&self.norm2)?.apply(&self.mlp)?;
+        let h = self.norm2.forward_t(&xs, train)?.apply(&self.mlp)?;
         xs + dropout(&h, self.dropout, train)?
     }
 }
@@ -122,7 +122,7 @@ impl CrossAttentionDecoder {
         for block in &self.blocks {
             xs = block.forward(&xs, memory, memory_mask, train)?;
         }
-        xs.apply(&self.norm)
+        self.norm.forward_t(&xs, train)
     }
 }
 

@@ -90,10 +90,10 @@ impl EncoderBlock {
 
     /// `xs (B, S, D)`, `key_mask (B, S)` u8 → `(B, S, D)`.
     pub fn forward(&self, xs: &Tensor, key_mask: &Tensor, train: bool) -> Result<Tensor> {
-        let h = xs.apply(&self.norm1)?;
+        let h = self.norm1.forward_t(xs, train)?;
         let h = self.attn.forward(&h, &h, key_mask, train)?;
         let xs = (xs + dropout(&h, self.dropout, train)?)?;
-        let h = xs.apply(&self.norm2)?.apply(&self.mlp)?;
+        let h = self.norm2.forward_t(&xs, train)?.apply(&self.mlp)?;
         xs + dropout(&h, self.dropout, train)?
     }
 }
@@ -145,6 +145,6 @@ impl Encoder {
         for block in &self.blocks {
             xs = block.forward(&xs, key_mask, train)?;
         }
-        xs.apply(&self.norm)
+        self.norm.forward_t(&xs, train)
     }
 }

@@ -56,6 +56,19 @@ impl LayerNorm {
     }
 }
 
+impl LayerNorm {
+    /// Like [`Module::forward`]; outside training (`train == false`) an
+    /// f32 input takes candle's fused one-pass kernel, which has no
+    /// backward pass (training always uses the differentiable path).
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if !train && xs.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+            let xs = xs.contiguous()?;
+            return candle_nn::ops::layer_norm(&xs, &self.weight, &self.bias, self.eps as f32);
+        }
+        self.forward(xs)
+    }
+}
+
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dtype = xs.dtype();
@@ -147,13 +160,27 @@ impl Attention {
         let q = self.split_heads(&x_q.apply(&self.q)?)?;
         let k = self.split_heads(&x_kv.apply(&self.k)?)?;
         let v = self.split_heads(&x_kv.apply(&self.v)?)?;
+        // The 1/√d scale goes on q (B·S·D values rather than B·H·S·S
+        // logits), and masked keys get an additive MASK_LOGIT bias built
+        // once per call at (B, 1, 1, Sk): cheaper than a full-size select,
+        // forward and backward.
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let logits = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
-        let shape = logits.shape().clone();
-        let mask = key_mask.reshape((b, 1, 1, sk))?.broadcast_as(&shape)?;
-        let masked = Tensor::new(MASK_LOGIT, logits.device())?.broadcast_as(&shape)?;
-        let logits = mask.where_cond(&logits, &masked)?;
-        let weights = candle_nn::ops::softmax(&logits, D::Minus1)?.to_dtype(v.dtype())?;
+        let q = (q * scale)?;
+        let logits = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        let dev = logits.device();
+        let bias = key_mask.reshape((b, 1, 1, sk))?.where_cond(
+            &Tensor::zeros((b, 1, 1, sk), DType::F32, dev)?,
+            &Tensor::new(MASK_LOGIT, dev)?.broadcast_as((b, 1, 1, sk))?,
+        )?;
+        let logits = logits.broadcast_add(&bias)?;
+        // Outside training the fused last-dim softmax (one pass, no
+        // backward) replaces the differentiable composite.
+        let weights = if train {
+            candle_nn::ops::softmax(&logits, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&logits)?
+        }
+        .to_dtype(v.dtype())?;
         let weights = dropout(&weights, self.dropout, train)?;
         weights
             .matmul(&v)?

@@ -42,7 +42,7 @@
 //!   prepended to the sequence and always attendable. It is never
 //!   quantised.
 //! - **Encoder**: pre-LN blocks, exact GELU MLPs, final LayerNorm. Keys of
-//!   invalid, padding and hidden patches get the logit [`MASK_LOGIT`], so
+//!   invalid, padding and hidden patches get [`MASK_LOGIT`] added to their logits, so
 //!   they get exactly zero attention weight; such rows are computed but no
 //!   valid row reads them. Hence a spectrum's valid tokens do not change
 //!   with padding, invalid patches or its position in the batch.
