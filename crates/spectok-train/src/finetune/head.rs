@@ -1,11 +1,13 @@
 //! The light heads on the frozen tokenizer, in candle.
 //!
 //! - **attentive** (default): `queries` learned query vectors
-//!   cross-attend (multi-head, `heads` heads) to the LayerNorm'd frozen
-//!   tokens of a spectrum (its scale token and one token per valid
-//!   patch; padding is masked out of the softmax); the attended vectors
-//!   are concatenated, LayerNorm'd and passed through a two-layer GELU
-//!   MLP of width `hidden`.
+//!   cross-attend (multi-head, `heads` heads) to the frozen tokens of a
+//!   spectrum (its scale token and one token per valid patch, each
+//!   dimension standardised on the training tokens, then LayerNorm'd;
+//!   padding is masked out of the softmax); the attended vectors are
+//!   concatenated, LayerNorm'd, joined by the standardised pooled
+//!   embedding (so the head sees at least what the linear probe sees) and
+//!   passed through a two-layer GELU MLP of width `hidden`.
 //! - **linear**: one linear layer on the standardised pooled embedding
 //!   (the paper's probe).
 //!
@@ -83,11 +85,12 @@ pub struct Head {
     fc2: Linear,
 }
 
-/// A batch of inputs: `(B, T, D)` tokens with a `(B, T)` 0/1 mask, or
-/// `(B, D)` pooled embeddings (already standardised).
+/// A batch of inputs: `(B, T, D)` tokens with a `(B, T)` 0/1 mask and the
+/// `(B, D)` pooled embeddings, or the pooled embeddings alone (all
+/// standardised per dimension on the training part).
 pub enum HeadInput {
-    /// Padded token sequences and their mask.
-    Tokens(Tensor, Tensor),
+    /// Padded token sequences, their mask and the pooled embeddings.
+    Tokens(Tensor, Tensor, Tensor),
     /// Pooled embeddings.
     Pooled(Tensor),
 }
@@ -125,7 +128,7 @@ impl Head {
                     wk: Some(linear(dim, dim, true, vb.pp("k"))?),
                     wv: Some(linear(dim, dim, true, vb.pp("v"))?),
                     norm_out: Some(LayerNorm::new(q * dim, 1e-5, vb.pp("norm_out"))?),
-                    fc1: Some(linear(q * dim, cfg.hidden, true, vb.pp("fc1"))?),
+                    fc1: Some(linear((q + 1) * dim, cfg.hidden, true, vb.pp("fc1"))?),
                     fc2: linear(cfg.hidden, out, true, vb.pp("out"))?,
                 })
             }
@@ -140,7 +143,7 @@ impl Head {
                 let x = spectok_model::layers::dropout(x, p, train)?;
                 Ok(self.fc2.forward(&x)?)
             }
-            HeadInput::Tokens(x, mask) => {
+            HeadInput::Tokens(x, mask, pooled_in) => {
                 let (Some(norm_in), Some(queries), Some(wk), Some(wv), Some(norm_out), Some(fc1)) = (
                     &self.norm_in,
                     &self.queries,
@@ -149,8 +152,8 @@ impl Head {
                     &self.norm_out,
                     &self.fc1,
                 ) else {
-                    let pooled = masked_mean(x, mask)?;
-                    return Ok(self.fc2.forward(&pooled)?);
+                    // A linear head given tokens uses the pooled embedding.
+                    return Ok(self.fc2.forward(pooled_in)?);
                 };
                 let (b, t, d) = x.dims3()?;
                 let h = self.cfg.heads.max(1);
@@ -184,7 +187,7 @@ impl Head {
                 let attn = candle_nn::ops::softmax_last_dim(&scores)?;
                 let pooled = attn.matmul(&v)?; // (B, H, Q, dh)
                 let pooled = pooled.transpose(1, 2)?.contiguous()?.reshape((b, q * d))?;
-                let y = norm_out.forward(&pooled)?;
+                let y = Tensor::cat(&[&norm_out.forward(&pooled)?, pooled_in], 1)?;
                 let y = fc1.forward(&y)?.gelu_erf()?;
                 let y = spectok_model::layers::dropout(&y, p, train)?;
                 Ok(self.fc2.forward(&y)?)
@@ -196,13 +199,6 @@ impl Head {
     pub fn dim(&self) -> usize {
         self.dim
     }
-}
-
-fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-    let s = x.broadcast_mul(&m)?.sum(1)?;
-    let n = m.sum(1)?.clamp(1.0, f64::INFINITY)?;
-    Ok(s.broadcast_div(&n)?)
 }
 
 /// Pads token sequences (each `n_i × dim` values) into a `(B, T, D)`

@@ -237,10 +237,17 @@ pub struct HeadMeta {
     pub target_mean: Vec<f64>,
     /// Target standardisation: standard deviation per target.
     pub target_std: Vec<f64>,
-    /// Pooled-embedding standardisation (linear head): mean per dimension.
+    /// Pooled-embedding standardisation: mean per dimension.
     pub feature_mean: Vec<f64>,
-    /// Pooled-embedding standardisation (linear head): std per dimension.
+    /// Pooled-embedding standardisation: std per dimension.
     pub feature_std: Vec<f64>,
+    /// Token standardisation (attentive head): mean per dimension over
+    /// the training tokens.
+    #[serde(default)]
+    pub token_mean: Vec<f64>,
+    /// Token standardisation (attentive head): std per dimension.
+    #[serde(default)]
+    pub token_std: Vec<f64>,
     /// The tokenizer checkpoint directory the head was trained on.
     pub checkpoint: String,
     /// SHA-256 of that checkpoint's `model.safetensors`.

@@ -150,6 +150,7 @@ pub fn finetune(
             .collect()
     };
     let feat = Standardiser::fit(&train.iter().map(|j| pooled(*j)).collect::<Vec<_>>());
+    let (token_mean, token_std) = token_stats(train.iter().map(|j| &samples[t.rows[*j]]), dim);
     let meta = HeadMeta {
         task,
         names: t.names.clone(),
@@ -160,6 +161,8 @@ pub fn finetune(
         target_std,
         feature_mean: feat.mean.clone(),
         feature_std: feat.std.clone(),
+        token_mean,
+        token_std,
         checkpoint: checkpoint.to_string(),
         checkpoint_sha256: checkpoint_sha256.to_string(),
         config: cfg.clone(),
@@ -359,27 +362,74 @@ impl LoadedHeadRef<'_> {
         let dim = self.meta.dim;
         match self.meta.head.kind {
             HeadKind::Attentive => {
-                let seqs: Vec<&[f32]> = sel.iter().map(|s| s.tokens.as_slice()).collect();
+                let std_tokens: Vec<Vec<f32>> = sel
+                    .iter()
+                    .map(|s| {
+                        s.tokens
+                            .iter()
+                            .enumerate()
+                            .map(|(i, x)| {
+                                let k = i % dim.max(1);
+                                let m = self.meta.token_mean.get(k).copied().unwrap_or(0.0);
+                                let sd = self.meta.token_std.get(k).copied().unwrap_or(1.0);
+                                ((*x as f64 - m) / sd) as f32
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let seqs: Vec<&[f32]> = std_tokens.iter().map(Vec::as_slice).collect();
                 let (x, m) = pad_tokens(&seqs, dim, self.device)?;
-                Ok(HeadInput::Tokens(x, m))
+                Ok(HeadInput::Tokens(x, m, self.pooled(sel)?))
             }
-            HeadKind::Linear => {
-                let mut v = Vec::with_capacity(sel.len() * dim);
-                for s in sel {
-                    for (k, x) in s.pooled.iter().enumerate().take(dim) {
-                        let m = self.meta.feature_mean.get(k).copied().unwrap_or(0.0);
-                        let sd = self.meta.feature_std.get(k).copied().unwrap_or(1.0);
-                        v.push(((*x as f64 - m) / sd) as f32);
-                    }
-                }
-                Ok(HeadInput::Pooled(Tensor::from_vec(
-                    v,
-                    (sel.len(), dim),
-                    self.device,
-                )?))
+            HeadKind::Linear => Ok(HeadInput::Pooled(self.pooled(sel)?)),
+        }
+    }
+
+    /// The standardised pooled embeddings `(B, D)`.
+    fn pooled(&self, sel: &[&Sample]) -> Result<Tensor> {
+        let dim = self.meta.dim;
+        let mut v = Vec::with_capacity(sel.len() * dim);
+        for s in sel {
+            for k in 0..dim {
+                let x = s.pooled.get(k).copied().unwrap_or(0.0) as f64;
+                let m = self.meta.feature_mean.get(k).copied().unwrap_or(0.0);
+                let sd = self.meta.feature_std.get(k).copied().unwrap_or(1.0);
+                v.push(((x - m) / sd) as f32);
+            }
+        }
+        Ok(Tensor::from_vec(v, (sel.len(), dim), self.device)?)
+    }
+}
+
+/// Mean and standard deviation per dimension of all tokens of `samples`.
+fn token_stats<'a>(samples: impl Iterator<Item = &'a Sample>, dim: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut n = 0f64;
+    let mut sum = vec![0f64; dim];
+    let mut sq = vec![0f64; dim];
+    for s in samples {
+        for tok in s.tokens.chunks_exact(dim.max(1)) {
+            n += 1.0;
+            for ((a, b), x) in sum.iter_mut().zip(sq.iter_mut()).zip(tok) {
+                *a += *x as f64;
+                *b += (*x as f64) * (*x as f64);
             }
         }
     }
+    let n = n.max(1.0);
+    let mean: Vec<f64> = sum.iter().map(|a| a / n).collect();
+    let std = sq
+        .iter()
+        .zip(&mean)
+        .map(|(b, m)| {
+            let v = b / n - m * m;
+            if v > 1e-24 {
+                v.sqrt()
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    (mean, std)
 }
 
 fn kind_name(k: HeadKind) -> &'static str {

@@ -1,0 +1,324 @@
+//! `spectok finetune` and `spectok predict` end to end on the committed
+//! mock survey (data/demo), with a tiny tokenizer trained here.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::AtomicBool;
+
+use spectok_data::{BatchSize, PrepareConfig};
+use spectok_train::{DataConfig, OptimConfig, ScheduleConfig, SourceConfig, TrainConfig, Trainer};
+
+fn spectok(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spectok"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("run spectok")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn demo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/demo")
+}
+
+fn train_tiny(dir: &Path) {
+    let sources = ["sdss", "desi", "galah"]
+        .iter()
+        .map(|s| SourceConfig {
+            name: s.to_string(),
+            paths: vec![demo_dir().join(s).display().to_string()],
+            weight: 1.0,
+            format: None,
+        })
+        .collect();
+    let cfg = TrainConfig {
+        model: spectok_model::Config {
+            patch_size: 32,
+            d_model: 16,
+            encoder_layers: 1,
+            decoder_layers: 1,
+            heads: 2,
+            mlp_ratio: 2.0,
+            wavelength_freqs: 8,
+            offset_freqs: 2,
+            ..spectok_model::Config::paper()
+        },
+        data: DataConfig {
+            sources,
+            prepare: PrepareConfig {
+                patch_size: 32,
+                ..PrepareConfig::default()
+            },
+            val_fraction: 0.2,
+            val_max_spectra: 4,
+            eval_batch_size: 4,
+            pool_size: 16,
+            ..DataConfig::default()
+        },
+        batch: BatchSize::Fixed { spectra: 4 },
+        optim: OptimConfig {
+            lr: 3e-3,
+            ..OptimConfig::default()
+        },
+        schedule: ScheduleConfig {
+            warmup_steps: 1,
+            ..ScheduleConfig::default()
+        },
+        steps: 2,
+        eval_interval: 2,
+        checkpoint_interval: 2,
+        log_interval: 1,
+        seed: 5,
+        out_dir: dir.to_path_buf(),
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(cfg, None).expect("trainer");
+    t.run(&mut (), &AtomicBool::new(false)).expect("training");
+}
+
+#[test]
+fn finetune_then_predict_on_the_demo_mocks() {
+    let work = tempfile::tempdir().unwrap();
+    let run = work.path().join("run");
+    train_tiny(&run);
+    let demo = demo_dir().display().to_string();
+    let run_s = run.display().to_string();
+    let heads = work.path().join("heads");
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/finetune-class.json");
+
+    // Class with the attentive head (the committed config, few epochs).
+    let class_dir = heads.join("class");
+    let o = spectok(&[
+        "finetune",
+        "class",
+        &demo,
+        "--checkpoint",
+        &run_s,
+        "-o",
+        class_dir.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--epochs",
+        "3",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("cached in"), "{t}");
+    assert!(
+        t.contains("head(attentive)") && t.contains("ridge(pooled embedding)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("GALAXY") && t.contains("QSO") && t.contains("STAR"),
+        "{t}"
+    );
+    for f in [
+        "head.json",
+        "head.safetensors",
+        "metrics.json",
+        "test_predictions.csv",
+        "confusion.png",
+    ] {
+        assert!(class_dir.join(f).is_file(), "no {f}: {t}");
+    }
+    let png = std::fs::read(class_dir.join("confusion.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(class_dir.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["task"], "class");
+    assert!(metrics["results"][0]["metrics"]["class"]["accuracy"]
+        .as_f64()
+        .is_some());
+
+    // Stellar from the cached embeddings file given explicitly.
+    let cache_file = t
+        .lines()
+        .find_map(|l| l.strip_prefix("frozen encoder outputs cached in "))
+        .expect("cache line")
+        .trim()
+        .to_string();
+    let st_dir = heads.join("stellar");
+    let o = spectok(&[
+        "finetune",
+        "stellar",
+        &demo,
+        "--checkpoint",
+        &run_s,
+        "--embeddings",
+        &cache_file,
+        "-o",
+        st_dir.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--no-baselines",
+        "--no-plots",
+    ]);
+    let ts = text(&o);
+    assert!(o.status.success(), "{ts}");
+    assert!(ts.contains("read from") && ts.contains("MAD teff"), "{ts}");
+    assert!(st_dir.join("head.json").is_file() && !st_dir.join("pred_vs_true.png").exists());
+
+    // Redshift with the linear probe: the cache is reused.
+    let z_dir = heads.join("redshift");
+    let o = spectok(&[
+        "finetune",
+        "redshift",
+        &demo,
+        "--checkpoint",
+        &run_s,
+        "-o",
+        z_dir.to_str().unwrap(),
+        "--head",
+        "linear",
+        "--epochs",
+        "3",
+        "--no-baselines",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("reused from"), "{t}");
+    assert!(t.contains("σ_NMAD") && t.contains("head(linear)"), "{t}");
+    assert!(!t.contains("ridge("), "--no-baselines: {t}");
+    assert!(z_dir.join("pred_vs_true.png").is_file());
+
+    // Predict with both heads.
+    let csv = work.path().join("z.csv");
+    let o = spectok(&[
+        "predict",
+        &demo,
+        "--head",
+        z_dir.to_str().unwrap(),
+        "-o",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let body = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = body.lines();
+    assert_eq!(lines.next(), Some("object_id,survey,source,z,z_err"));
+    let rows: Vec<&str> = lines.collect();
+    assert!(rows.len() >= 130, "{} rows", rows.len());
+    for r in &rows {
+        let cells: Vec<&str> = r.rsplitn(3, ',').collect();
+        let z: f64 = cells[1].parse().unwrap();
+        let err: f64 = cells[0].parse().unwrap();
+        assert!(z.is_finite() && err > 0.0, "{r}");
+    }
+    let json = work.path().join("c.json");
+    let o = spectok(&[
+        "predict",
+        &demo,
+        "--head",
+        class_dir.to_str().unwrap(),
+        "--checkpoint",
+        &run_s,
+        "-o",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v.as_array().unwrap();
+    assert!(rows.len() >= 130, "{} rows", rows.len());
+    let classes = ["GALAXY", "QSO", "STAR"];
+    for r in rows {
+        assert!(classes.contains(&r["class"].as_str().unwrap()), "{r}");
+        let p: f64 = ["p_galaxy", "p_qso", "p_star"]
+            .iter()
+            .map(|k| r[*k].as_f64().unwrap())
+            .sum();
+        assert!((p - 1.0).abs() < 1e-4, "{r}");
+    }
+
+    // Errors: unknown task, unsupported output, a different tokenizer.
+    let o = spectok(&["finetune", "age", &demo, "--checkpoint", &run_s, "-o", "x"]);
+    assert!(
+        !o.status.success() && text(&o).contains("unknown task"),
+        "{}",
+        text(&o)
+    );
+    let o = spectok(&[
+        "predict",
+        &demo,
+        "--head",
+        z_dir.to_str().unwrap(),
+        "-o",
+        "p.parquet",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("unsupported predictions format"),
+        "{}",
+        text(&o)
+    );
+    let other = work.path().join("other");
+    train_tiny_other(&other);
+    let o = spectok(&[
+        "predict",
+        &demo,
+        "--head",
+        z_dir.to_str().unwrap(),
+        "--checkpoint",
+        other.to_str().unwrap(),
+        "-o",
+        work.path().join("o.csv").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("was trained on the tokenizer with sha256"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// A second tokenizer (another seed), whose weights differ.
+fn train_tiny_other(dir: &Path) {
+    let sources = vec![SourceConfig {
+        name: "sdss".into(),
+        paths: vec![demo_dir().join("sdss").display().to_string()],
+        weight: 1.0,
+        format: None,
+    }];
+    let cfg = TrainConfig {
+        model: spectok_model::Config {
+            patch_size: 32,
+            d_model: 16,
+            encoder_layers: 1,
+            decoder_layers: 1,
+            heads: 2,
+            mlp_ratio: 2.0,
+            wavelength_freqs: 8,
+            offset_freqs: 2,
+            ..spectok_model::Config::paper()
+        },
+        data: DataConfig {
+            sources,
+            prepare: PrepareConfig {
+                patch_size: 32,
+                ..PrepareConfig::default()
+            },
+            val_fraction: 0.2,
+            val_max_spectra: 2,
+            eval_batch_size: 2,
+            pool_size: 8,
+            ..DataConfig::default()
+        },
+        batch: BatchSize::Fixed { spectra: 2 },
+        steps: 1,
+        eval_interval: 1,
+        checkpoint_interval: 1,
+        log_interval: 1,
+        seed: 99,
+        out_dir: dir.to_path_buf(),
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(cfg, None).expect("trainer");
+    t.run(&mut (), &AtomicBool::new(false)).expect("training");
+}
