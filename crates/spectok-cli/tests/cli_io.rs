@@ -43,7 +43,7 @@ fn inspect_sdss_dir_lists_every_spectrum() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("format=sdss-spec"), "{stdout}");
     assert!(stdout.contains("format=sdss-spspec"), "{stdout}");
-    assert!(stdout.contains("z=0.12132"), "{stdout}");
+    assert!(stdout.contains("class=GALAXY z=0.1213"), "{stdout}");
     assert!(
         stderr.contains("13 spectra read, 0 skipped, 0 input(s) unreadable"),
         "{stderr}"

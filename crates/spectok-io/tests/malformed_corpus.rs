@@ -796,6 +796,36 @@ fn hdf5_cases(c: &mut Corpus) {
             }),
         ),
     ];
+    // The HDF5 library copies a variable-length string by the size its
+    // global heap object claims: a claim past the collection would crash
+    // the process, a zero-size free space would hang it. Both are refused
+    // before the library reads them.
+    let base_bytes = std::fs::read(&base).unwrap();
+    let gcol = base_bytes
+        .windows(8)
+        .position(|w| w == b"GCOL\x01\0\0\0")
+        .expect("a shard has a global heap");
+    let first_object = gcol + 16;
+    let mut b = base_bytes.clone();
+    b[first_object + 8..first_object + 16].copy_from_slice(&16_711_684u64.to_le_bytes());
+    for fmt in [None, Some(Format::SpectokShard), Some(Format::MmuHdf5)] {
+        let p = c.path("shard-heap-object-overrun.h5");
+        std::fs::write(&p, &b).unwrap();
+        let msgs = c.check(&p, fmt, Error);
+        assert!(msgs.iter().any(|m| m.contains("global heap")), "{msgs:?}");
+    }
+    let mut b = base_bytes.clone();
+    let size = u64::from_le_bytes(b[gcol + 8..gcol + 16].try_into().unwrap()) as usize;
+    // Walk to the free-space object and make its size 0.
+    let mut at = first_object;
+    while u16::from_le_bytes([b[at], b[at + 1]]) != 0 {
+        let n = u64::from_le_bytes(b[at + 8..at + 16].try_into().unwrap()) as usize;
+        at += 16 + n.div_ceil(8) * 8;
+        assert!(at + 16 <= gcol + size);
+    }
+    b[at + 8..at + 16].copy_from_slice(&0u64.to_le_bytes());
+    c.bytes("shard-heap-free-space-0.h5", &b, None, Error);
+
     for (name, expect, edit) in edits {
         let p = c.path(name);
         std::fs::copy(&base, &p).unwrap();
