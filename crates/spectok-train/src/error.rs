@@ -95,3 +95,19 @@ impl Error {
 
 /// Result with the train crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Writes `bytes` to `path` through `path` + `.tmp` and a rename, so `path`
+/// holds either its old content or all of the new; on failure the
+/// temporary file is removed and the error names the file.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    let tmp = std::path::PathBuf::from(name);
+    let result = std::fs::write(&tmp, bytes)
+        .map_err(|e| Error::file(&tmp, e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

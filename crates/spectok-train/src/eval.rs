@@ -323,9 +323,7 @@ impl Reconstructions {
     /// Writes `path` atomically (temporary file, then rename).
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string(self).map_err(|e| Error::file(path, e))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| Error::file(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+        crate::error::write_atomic(path, text.as_bytes())
     }
 
     /// Reads a file written by [`Reconstructions::write`].

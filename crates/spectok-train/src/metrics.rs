@@ -83,9 +83,7 @@ impl MetricsLog {
                     text.push_str(&serde_json::to_string(r).map_err(|e| Error::file(path, e))?);
                     text.push('\n');
                 }
-                let tmp = path.with_extension("jsonl.tmp");
-                fs::write(&tmp, text).map_err(|e| Error::file(&tmp, e))?;
-                fs::rename(&tmp, path).map_err(|e| Error::file(path, e))?;
+                crate::error::write_atomic(path, text.as_bytes())?;
             }
         }
         let file = fs::OpenOptions::new()

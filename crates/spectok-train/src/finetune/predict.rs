@@ -1,6 +1,5 @@
 //! Applying a trained head: `spectok predict`.
 
-use std::io::Write;
 use std::path::Path;
 
 use candle_core::{DType, Device};
@@ -228,12 +227,7 @@ pub fn write_predictions(
             ))
         }
     };
-    let tmp = path.with_extension(format!("{ext}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::file(&tmp, e))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| Error::file(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+    crate::error::write_atomic(path, text.as_bytes())
 }
 
 /// Writes the test part's truths and predictions (`test_predictions.csv`).
