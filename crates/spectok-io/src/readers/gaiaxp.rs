@@ -188,7 +188,6 @@ impl Reader for GaiaXpReader {
     fn read(&self, unit: &InputUnit) -> Result<SpectrumIter> {
         let path = unit.main_file().to_path_buf();
         let mut fits = Fits::open(&path)?;
-        fits.check_complete()?;
         let lay = layout(&mut fits)?;
         Ok(Box::new(XpStream {
             path,

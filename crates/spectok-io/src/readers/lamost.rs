@@ -154,7 +154,6 @@ impl Reader for LamostLrsReader {
     fn read(&self, unit: &InputUnit) -> Result<SpectrumIter> {
         let path = unit.main_file();
         let mut fits = Fits::open(path)?;
-        fits.check_complete()?;
         let (c, npix) = lrs_layout(&mut fits)?;
         let at = |e| at_hdu(e, "COADD");
         let flux = fits.read_col_f32(c, "FLUX").map_err(at)?;
@@ -283,7 +282,6 @@ impl Reader for LamostLrsOldReader {
     fn read(&self, unit: &InputUnit) -> Result<SpectrumIter> {
         let path = unit.main_file();
         let mut fits = Fits::open(path)?;
-        fits.check_complete()?;
         let (rows, npix, name) = old_layout(&mut fits)?;
         let at = |e| at_hdu(e, &name);
         let flux = fits.read_image_row_f32(0, rows.flux, "flux").map_err(at)?;
@@ -384,7 +382,6 @@ impl Reader for LamostMrsReader {
     fn read(&self, unit: &InputUnit) -> Result<SpectrumIter> {
         let path = unit.main_file();
         let mut fits = Fits::open(path)?;
-        fits.check_complete()?;
         let arms = mrs_layout(&mut fits)?;
         let mut s = Spectrum {
             id: obsid(&mut fits)?,

@@ -129,7 +129,6 @@ impl Reader for MangaReader {
     fn read(&self, unit: &InputUnit) -> Result<SpectrumIter> {
         let path = unit.main_file().to_path_buf();
         let mut fits = Fits::open(&path)?;
-        fits.check_complete()?;
         let lay = layout(&mut fits)?;
         let wave = fits
             .read_image_row_f64(lay.wave, 0, "WAVE")

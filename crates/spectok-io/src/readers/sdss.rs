@@ -220,7 +220,6 @@ impl Reader for SdssSpecReader {
     fn read(&self, unit: &InputUnit) -> Result<SpectrumIter> {
         let path = unit.main_file();
         let mut fits = Fits::open(path)?;
-        fits.check_complete()?;
         let lay = spec_layout(&mut fits)?;
         let c = lay.coadd;
         let at = |e| at_hdu(e, "COADD");
@@ -447,7 +446,6 @@ impl Reader for SpSpecReader {
     fn read(&self, unit: &InputUnit) -> Result<SpectrumIter> {
         let path = unit.main_file();
         let mut fits = Fits::open(path)?;
-        fits.check_complete()?;
         let (nrows, npix) = spspec_layout(&mut fits)?;
         let rows = spspec_rows(&mut fits, nrows)?;
         let coeff0 = fits.require_key_f64(0, "COEFF0")?;
