@@ -377,7 +377,7 @@ fn breakdown(model: &Tokenizer, opt: &mut AdamW, batch: &Batch) -> Result<()> {
 }
 
 /// ✓ or ✗.
-fn mark(ok: bool) -> &'static str {
+pub(crate) fn mark(ok: bool) -> &'static str {
     if ok {
         "✓"
     } else {
@@ -386,7 +386,7 @@ fn mark(ok: bool) -> &'static str {
 }
 
 /// The benchmark model configurations.
-fn model_config(name: &str) -> Result<Config> {
+pub(crate) fn model_config(name: &str) -> Result<Config> {
     Ok(match name {
         "paper" => Config::paper(),
         "small" => Config {
@@ -432,7 +432,7 @@ fn min_of(v: &Value) -> Result<f64> {
 }
 
 /// Runs `python ARGS…` and parses the last line of its output as JSON.
-fn python_json(python: &Path, args: &[&std::ffi::OsStr]) -> Result<Value> {
+pub(crate) fn python_json(python: &Path, args: &[&std::ffi::OsStr]) -> Result<Value> {
     let out = Command::new(python)
         .args(args)
         .output()
@@ -519,7 +519,7 @@ fn read_spectra(files: &[PathBuf]) -> Result<Vec<Spectrum>> {
 }
 
 /// Reads and prepares every spectrum of `files`.
-fn read_prepared(files: &[PathBuf], prep: &PrepareConfig) -> Result<Vec<PreparedSpectrum>> {
+pub(crate) fn read_prepared(files: &[PathBuf], prep: &PrepareConfig) -> Result<Vec<PreparedSpectrum>> {
     let spectra = read_spectra(files)?;
     Ok(spectra
         .par_iter()
@@ -528,7 +528,7 @@ fn read_prepared(files: &[PathBuf], prep: &PrepareConfig) -> Result<Vec<Prepared
 }
 
 /// A batch of `n` spectra cycling through `spectra`.
-fn repeat_batch(spectra: &[PreparedSpectrum], n: usize) -> Result<Batch> {
+pub(crate) fn repeat_batch(spectra: &[PreparedSpectrum], n: usize) -> Result<Batch> {
     if spectra.is_empty() {
         bail!("no spectra to batch");
     }
@@ -537,7 +537,7 @@ fn repeat_batch(spectra: &[PreparedSpectrum], n: usize) -> Result<Batch> {
 }
 
 /// Writes the batch and spectok's tokens for `scripts/bench_torch.py`.
-fn write_batch(model: &Tokenizer, batch: &Batch, path: &Path) -> Result<()> {
+pub(crate) fn write_batch(model: &Tokenizer, batch: &Batch, path: &Path) -> Result<()> {
     let (b, t, p) = (batch.batch_size, batch.max_patches, batch.patch_size);
     let dev = Device::Cpu;
     let enc = model.encode(batch, false)?;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod fuzz;
+mod gpu;
 mod mock;
 
 /// spectok developer tasks.
@@ -45,6 +46,12 @@ enum Command {
     /// Benchmark spectok side by side with PyTorch, astropy and the
     /// machine's GEMM peak, and record the results in BENCHMARKS.md.
     Bench(bench::Args),
+    /// Check spectok on a GPU against the CPU (f32, bf16, mixed-precision
+    /// gradients) and time embed and train steps against the PyTorch
+    /// reference on the same card; run by scripts/gpu_check.sh.
+    ///
+    /// Example: cargo xtask gpu-bench --device cuda --json gpu.json
+    GpuBench(gpu::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::MockSurvey(args) => mock::run(args),
         Command::Fuzz(args) => fuzz::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::GpuBench(args) => gpu::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

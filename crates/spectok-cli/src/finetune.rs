@@ -7,8 +7,8 @@ use anyhow::{bail, Result};
 use plotters::prelude::*;
 use spectok_train::embed::EmbedOptions;
 use spectok_train::finetune::{
-    cached_embeddings, finetune, load_samples, read_labels_csv, FinetuneConfig, HeadKind, Report,
-    Task, TaskMetrics,
+    cached_embeddings, cached_hidden_states, check_unfreeze, finetune, load_samples,
+    read_labels_csv, FinetuneConfig, HeadKind, Report, Task, TaskMetrics,
 };
 
 use crate::embed::{load_model, set_threads, Progress};
@@ -40,15 +40,27 @@ use crate::embed::{load_model, set_threads, Progress};
 /// k-NN on the pooled embedding, and ridge and k-NN on a PCA of the
 /// median-normalised flux of the most common survey.
 ///
-/// OUT (the head directory) receives head.safetensors, head.json (task,
-/// labels, standardisation, head config, tokenizer checkpoint and its
-/// SHA-256), metrics.json (the results table), test_predictions.csv and
-/// the plots pred_vs_true.png (redshift, stellar) or confusion.png (class).
+/// --unfreeze-last K (the config's "unfreeze_last", default 0) fine-tunes
+/// the last K of the tokenizer's N encoder blocks and its final norm with
+/// the head, starting from the checkpoint's weights, at the learning rate
+/// lr × "unfreeze_lr_ratio" (default 0.1). The frozen encoder then runs
+/// once up to block N−K and its hidden states are cached instead of the
+/// final tokens (a cache file of their own, hidden-bN−K-KEY.h5); each
+/// batch re-encodes them with the tuned blocks, and the head (attentive,
+/// or linear on the pooled re-encoded tokens) reads the result. K above N
+/// is an error.
+///
+/// OUT (the head directory) receives head.safetensors (with K > 0 also the
+/// tuned blocks), head.json (task, labels, standardisation, head config,
+/// K, tokenizer checkpoint and its SHA-256), metrics.json (the results
+/// table), test_predictions.csv and the plots pred_vs_true.png (redshift,
+/// stellar) or confusion.png (class). `spectok predict` applies it.
 ///
 /// Example:
 ///   spectok finetune redshift data/demo --checkpoint runs/demo -o heads/redshift
 ///   spectok finetune class data/demo --checkpoint runs/demo --config configs/finetune-class.json -o heads/class
 ///   spectok finetune stellar apogee/ --checkpoint runs/paper --labels apogee-labels.csv --head linear -o heads/stellar
+///   spectok finetune redshift data/demo --checkpoint runs/demo --unfreeze-last 2 -o heads/redshift-tuned
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -78,6 +90,10 @@ pub struct Args {
     /// Override the largest number of epochs.
     #[arg(long)]
     epochs: Option<usize>,
+    /// Fine-tune the last K encoder blocks (and the final norm) with the
+    /// head, overriding the config's unfreeze_last (0: frozen encoder).
+    #[arg(long, value_name = "K")]
+    unfreeze_last: Option<usize>,
     /// Where the frozen encoder's outputs are cached (default:
     /// OUT/../embeddings-cache).
     #[arg(long, value_name = "DIR")]
@@ -85,6 +101,7 @@ pub struct Args {
     /// Use this embeddings file (written by `spectok embed --tokens`, or a
     /// cache file) instead of embedding the inputs; it must come from the
     /// same checkpoint. The inputs are then read only for the flux baseline.
+    /// Not with --unfreeze-last (which needs the hidden states).
     #[arg(long, value_name = "FILE.h5")]
     embeddings: Option<PathBuf>,
     /// Skip the baselines.
@@ -130,11 +147,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(e) = args.epochs {
         cfg.epochs = e;
     }
+    if let Some(k) = args.unfreeze_last {
+        cfg.unfreeze_last = k;
+    }
     if args.no_baselines {
         cfg.baselines = false;
     }
     cfg.validate()?;
     let m = load_model(&args.checkpoint, &args.device, None)?;
+    let n_blocks = m.model.config().encoder_layers;
+    check_unfreeze(cfg.unfreeze_last, n_blocks)?;
     let cache_dir = args.cache.clone().unwrap_or_else(|| {
         args.out
             .parent()
@@ -147,9 +169,34 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ..EmbedOptions::default()
     };
     let path = match &args.embeddings {
+        Some(_) if cfg.unfreeze_last > 0 => bail!(
+            "--embeddings holds final tokens, but unfreeze_last {} needs the hidden states after encoder block {}: leave --embeddings out to compute and cache them from the inputs",
+            cfg.unfreeze_last,
+            n_blocks - cfg.unfreeze_last
+        ),
         Some(p) => {
             eprintln!("frozen encoder outputs read from {}", p.display());
             p.clone()
+        }
+        None if cfg.unfreeze_last > 0 => {
+            let upto = n_blocks - cfg.unfreeze_last;
+            let mut progress = Progress::new("embed");
+            let cached = cached_hidden_states(
+                &m,
+                &args.inputs,
+                &cache_dir,
+                upto,
+                &opts,
+                &mut progress,
+            );
+            progress.finish();
+            let (path, reused) = cached?;
+            eprintln!(
+                "frozen encoder states after block {upto} of {n_blocks} {} {}",
+                if reused { "reused from" } else { "cached in" },
+                path.display()
+            );
+            path
         }
         None => {
             let mut progress = Progress::new("embed");

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use spectok_train::embed::EmbedOptions;
+use spectok_train::finetune::predict::write_predictions_from;
 use spectok_train::finetune::{
-    cached_embeddings, load_head, load_samples, predict_samples, write_predictions,
+    cached_embeddings, cached_hidden_states, check_unfreeze, load_head, load_samples,
+    predict_samples,
 };
 
 use crate::embed::{load_model, set_threads, Progress};
@@ -20,14 +22,20 @@ use crate::embed::{load_model, set_threads, Progress};
 ///   redshift   object_id, survey, source, z, z_err
 ///   class      object_id, survey, source, class, p_<class> per class
 ///   stellar    object_id, survey, source, one column per parameter
-/// OUTPUT is CSV (.csv) or JSON (.json, an array of objects). The frozen
+/// OUTPUT is CSV (.csv), JSON (.json, an array of objects) or HDF5
+/// (.h5 or .hdf5: one dataset per column, the class probabilities as an
+/// N x C matrix `probabilities` with the names in `classes`, and the task,
+/// head directory and checkpoint as file attributes). The frozen
 /// encoder's outputs are cached in --cache (default: a directory
 /// embeddings-cache beside OUTPUT), so a second head on the same inputs
-/// does not embed them again.
+/// does not embed them again. A head trained with --unfreeze-last K runs
+/// the frozen encoder up to block N−K (those hidden states are cached
+/// instead), then its own fine-tuned blocks, then the head.
 ///
 /// Example:
 ///   spectok predict data/demo --head heads/redshift -o redshifts.csv
 ///   spectok predict 'desi/*.fits' --head heads/class --checkpoint runs/paper -o classes.json
+///   spectok predict data/demo --head heads/stellar -o stellar.h5
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -40,7 +48,7 @@ pub struct Args {
     /// The tokenizer (default: the checkpoint recorded in head.json).
     #[arg(long, value_name = "RUN_DIR")]
     checkpoint: Option<PathBuf>,
-    /// The predictions file (.csv or .json).
+    /// The predictions file (.csv, .json, .h5 or .hdf5).
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
     /// Where the frozen encoder's outputs are cached.
@@ -62,9 +70,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    if ext != "csv" && ext != "json" {
+    if !["csv", "json", "h5", "hdf5"].contains(&ext.as_str()) {
         bail!(
-            "{}: unsupported predictions format; use a .csv or .json file name",
+            "{}: unsupported predictions format; use a .csv, .json or .h5 file name",
             args.output.display()
         );
     }
@@ -92,14 +100,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .unwrap_or_default()
             .join("embeddings-cache")
     });
+    let k = head.meta.unfreeze_last;
+    let n_blocks = m.model.config().encoder_layers;
+    check_unfreeze(k, n_blocks)?;
     let mut progress = Progress::new("embed");
-    let cached = cached_embeddings(
-        &m,
-        &args.inputs,
-        &cache_dir,
-        &EmbedOptions::default(),
-        &mut progress,
-    );
+    let cached = if k > 0 {
+        cached_hidden_states(
+            &m,
+            &args.inputs,
+            &cache_dir,
+            n_blocks - k,
+            &EmbedOptions::default(),
+            &mut progress,
+        )
+    } else {
+        cached_embeddings(
+            &m,
+            &args.inputs,
+            &cache_dir,
+            &EmbedOptions::default(),
+            &mut progress,
+        )
+    };
     progress.finish();
     let (path, _) = cached?;
     let (samples, dim, _) = load_samples(&path, head.meta.max_tokens)?;
@@ -110,7 +132,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
     }
     let preds = predict_samples(&head, &samples)?;
-    write_predictions(&args.output, &head.meta, &samples, &preds)?;
+    write_predictions_from(
+        &args.output,
+        &args.head,
+        &m.checkpoint,
+        &head.meta,
+        &samples,
+        &preds,
+    )?;
     eprintln!(
         "{} predictions ({}) -> {}",
         preds.len(),

@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::AtomicBool;
 
 use spectok_data::{BatchSize, PrepareConfig};
+use spectok_io::predictions::read_predictions;
 use spectok_train::{DataConfig, OptimConfig, ScheduleConfig, SourceConfig, TrainConfig, Trainer};
 
 fn spectok(args: &[&str]) -> Output {
@@ -211,6 +212,42 @@ fn finetune_then_predict_on_the_demo_mocks() {
         let err: f64 = cells[0].parse().unwrap();
         assert!(z.is_finite() && err > 0.0, "{r}");
     }
+    // The same predictions as HDF5: every value equals the CSV's.
+    let h5 = work.path().join("z.h5");
+    let o = spectok(&[
+        "predict",
+        &demo,
+        "--head",
+        z_dir.to_str().unwrap(),
+        "-o",
+        h5.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let p = read_predictions(&h5).unwrap();
+    assert_eq!(p.task, "redshift");
+    assert_eq!(p.head, z_dir.display().to_string());
+    assert_eq!(p.checkpoint_sha256.len(), 64);
+    assert!(p.classes.is_none());
+    let names: Vec<&str> = p.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["z", "z_err"]);
+    assert_eq!(p.columns[1].uncertainty_of.as_deref(), Some("z"));
+    let table = csv_rows(&body);
+    assert_eq!(p.len(), table.len());
+    for (i, cells) in table.iter().enumerate() {
+        assert_eq!(
+            [&p.object_id[i], &p.survey[i], &p.source[i]],
+            [&cells[0], &cells[1], &cells[2]],
+            "row {i}"
+        );
+        for (k, c) in p.columns.iter().enumerate() {
+            let want: f64 = cells[3 + k].parse().unwrap();
+            assert_eq!(c.values[i], want, "row {i} {}", c.name);
+        }
+    }
+    assert!(
+        !work.path().join("z.h5.tmp").exists(),
+        "temporary file left"
+    );
     let json = work.path().join("c.json");
     let o = spectok(&[
         "predict",
@@ -235,6 +272,42 @@ fn finetune_then_predict_on_the_demo_mocks() {
             .map(|k| r[*k].as_f64().unwrap())
             .sum();
         assert!((p - 1.0).abs() < 1e-4, "{r}");
+    }
+    // Class predictions as HDF5 (.hdf5) equal the CSV's.
+    let class_csv = work.path().join("c.csv");
+    let class_h5 = work.path().join("c.hdf5");
+    for out in [&class_csv, &class_h5] {
+        let o = spectok(&[
+            "predict",
+            &demo,
+            "--head",
+            class_dir.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let body = std::fs::read_to_string(&class_csv).unwrap();
+    assert!(
+        body.starts_with("object_id,survey,source,class,p_galaxy,p_qso,p_star\n"),
+        "{body}"
+    );
+    let table = csv_rows(&body);
+    let p = read_predictions(&class_h5).unwrap();
+    assert_eq!(p.task, "class");
+    assert_eq!(p.head, class_dir.display().to_string());
+    assert!(p.columns.is_empty());
+    let k = p.classes.as_ref().expect("class datasets");
+    assert_eq!(k.names, classes);
+    assert_eq!(p.len(), table.len());
+    for (i, cells) in table.iter().enumerate() {
+        assert_eq!(
+            [&p.object_id[i], &p.survey[i], &p.source[i], &k.predicted[i]],
+            [&cells[0], &cells[1], &cells[2], &cells[3]],
+            "row {i}"
+        );
+        let want: Vec<f64> = cells[4..].iter().map(|c| c.parse().unwrap()).collect();
+        assert_eq!(k.row(i).unwrap(), &want[..], "row {i}");
     }
 
     // Errors: unknown task, unsupported output, a different tokenizer.
@@ -276,6 +349,31 @@ fn finetune_then_predict_on_the_demo_mocks() {
         "{}",
         text(&o)
     );
+}
+
+/// The rows of a CSV file after its header, split into cells (quoted
+/// cells may hold commas and doubled quotes).
+fn csv_rows(body: &str) -> Vec<Vec<String>> {
+    body.lines()
+        .skip(1)
+        .map(|line| {
+            let mut cells = vec![String::new()];
+            let mut quoted = false;
+            let mut chars = line.chars().peekable();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' if quoted && chars.peek() == Some(&'"') => {
+                        chars.next();
+                        cells.last_mut().unwrap().push('"');
+                    }
+                    '"' => quoted = !quoted,
+                    ',' if !quoted => cells.push(String::new()),
+                    _ => cells.last_mut().unwrap().push(c),
+                }
+            }
+            cells
+        })
+        .collect()
 }
 
 /// A second tokenizer (another seed), whose weights differ.
@@ -321,4 +419,96 @@ fn train_tiny_other(dir: &Path) {
     };
     let mut t = Trainer::new(cfg, None).expect("trainer");
     t.run(&mut (), &AtomicBool::new(false)).expect("training");
+}
+
+#[test]
+fn finetune_with_unfrozen_blocks_then_predict_agrees() {
+    let work = tempfile::tempdir().unwrap();
+    let run = work.path().join("run");
+    train_tiny(&run);
+    let run_s = run.display().to_string();
+    let sdss = demo_dir().join("sdss").display().to_string();
+    let desi = demo_dir().join("desi").display().to_string();
+    let cache = work.path().join("cache").display().to_string();
+    let head = work.path().join("class-k1");
+    let head_s = head.display().to_string();
+    let finetune = |extra: &[&str]| {
+        let mut args = vec![
+            "finetune",
+            "class",
+            &sdss,
+            &desi,
+            "--checkpoint",
+            &run_s,
+            "--cache",
+            &cache,
+            "--epochs",
+            "2",
+            "--no-baselines",
+            "--no-plots",
+        ];
+        args.extend_from_slice(extra);
+        spectok(&args)
+    };
+
+    // The tokenizer has one block: K = 1 tunes it on the cached embeddings
+    // (the hidden states after block 0).
+    let o = finetune(&["--unfreeze-last", "1", "-o", &head_s]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("frozen encoder states after block 0 of 1 cached in"),
+        "{t}"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(head.join("head.json")).unwrap()).unwrap();
+    assert_eq!(meta["unfreeze_last"], 1);
+    assert_eq!(meta["config"]["unfreeze_last"], 1);
+
+    // predict runs the frozen part, the tuned block and the head: the
+    // test part's probabilities are those finetune wrote.
+    let csv = work.path().join("classes.csv");
+    let o = spectok(&[
+        "predict",
+        &sdss,
+        &desi,
+        "--head",
+        &head_s,
+        "--cache",
+        &cache,
+        "-o",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let preds = csv_rows(&std::fs::read_to_string(&csv).unwrap());
+    let test = csv_rows(&std::fs::read_to_string(head.join("test_predictions.csv")).unwrap());
+    assert!(!test.is_empty() && preds.len() > test.len());
+    for row in &test {
+        // object_id, survey, true_class, class, p_galaxy, p_qso, p_star
+        let want: Vec<f64> = row[4..].iter().map(|c| c.parse().unwrap()).collect();
+        let found = preds
+            .iter()
+            .filter(|p| p[0] == row[0] && p[1] == row[1])
+            .any(|p| {
+                let got: Vec<f64> = p[4..].iter().map(|c| c.parse().unwrap()).collect();
+                got.len() == want.len() && got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5)
+            });
+        assert!(found, "no prediction equals the test row {row:?}");
+    }
+
+    // K above the tokenizer's blocks, and a final-token file with K > 0.
+    let o = finetune(&["--unfreeze-last", "2", "-o", &head_s]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("unfreeze_last") && t.contains("exceeds"), "{t}");
+    let o = finetune(&[
+        "--unfreeze-last",
+        "1",
+        "--embeddings",
+        "whatever.h5",
+        "-o",
+        &head_s,
+    ]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("--embeddings"), "{t}");
 }

@@ -17,6 +17,7 @@ pub mod fits;
 pub mod format;
 pub mod hdf5util;
 pub mod input;
+pub mod predictions;
 pub mod reader;
 pub mod readers;
 pub mod shard;

@@ -257,7 +257,7 @@ impl Config {
     pub fn from_json(text: &str) -> Result<Config> {
         let cfg: Config = serde_json::from_str(text).map_err(|e| Error::Config {
             field: "json",
-            message: e.to_string(),
+            message: one_line(&e.to_string()),
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -267,5 +267,54 @@ impl Config {
     pub fn to_json(&self) -> String {
         // Serialising plain numbers, strings and vectors cannot fail.
         serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// `s` on one line: control characters (newline, tab, escape, …) and the
+/// Unicode line and paragraph separators are escaped as in a Rust string
+/// literal (`\n`, `\u{1b}`), so a field name or value quoted from the
+/// config text cannot break an error message.
+fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(json: &str) -> String {
+        Config::from_json(json)
+            .expect_err("config accepted")
+            .to_string()
+    }
+
+    #[test]
+    fn errors_quoting_the_config_text_stay_on_one_line() {
+        // A control character in an unknown field name.
+        let m = message(r#"{"d_model": 64, "lr\nx": 1}"#);
+        assert!(!m.contains('\n'), "{m}");
+        assert!(m.contains("unknown field `lr\\nx`"), "{m}");
+        // In a string value (an unknown variant), with a tab, an escape
+        // and a line separator.
+        let m = message(r#"{"mask_score": "hid\r\nden\t\u001b\u2028"}"#);
+        assert!(!m.contains(['\n', '\r', '\t', '\u{1b}', '\u{2028}']), "{m}");
+        assert!(m.contains("`hid\\r\\nden\\t\\u{1b}\\u{2028}`"), "{m}");
+        assert!(m.starts_with("config field `json`: unknown variant"), "{m}");
+        // Text without control characters is quoted unchanged.
+        let m = message(r#"{"widht": 1}"#);
+        assert!(m.contains("unknown field `widht`"), "{m}");
+    }
+
+    #[test]
+    fn one_line_escapes_only_what_breaks_a_line() {
+        assert_eq!(one_line("a\nb\u{85}c\\d \"é\""), "a\\nb\\u{85}c\\d \"é\"");
     }
 }

@@ -9,10 +9,10 @@
 //! patches.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::config::Config;
-use crate::layers::{dropout, linear, Attention, LayerNorm, Mlp};
+use crate::layers::{dropout, linear, Attention, LayerNorm, Linear, Mlp};
 
 /// The query of a target patch: linear maps of its pooled wavelength
 /// encoding and of its per-pixel offset encoding. The offsets carry each

@@ -2,10 +2,10 @@
 //! transformer blocks with a key mask.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::config::Config;
-use crate::layers::{dropout, linear, Attention, LayerNorm, Mlp};
+use crate::layers::{dropout, linear, Attention, LayerNorm, Linear, Mlp};
 
 /// Embeds each patch to width `D`: a linear map of its pixel signal
 /// `[flux ×P, σ ×P, valid ×P]` (the valid indicator tells a zeroed bad
@@ -142,6 +142,147 @@ impl Encoder {
         let scale = self.scale_embed.forward(log_scale)?;
         let mut xs = Tensor::cat(&[&scale, &patches], 1)?;
         xs = dropout(&xs, self.dropout, train)?;
+        for block in &self.blocks {
+            xs = block.forward(&xs, key_mask, train)?;
+        }
+        self.norm.forward_t(&xs, train)
+    }
+}
+
+impl Encoder {
+    /// Number of transformer blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// The hidden sequence `(B, 1+T, D)` after the embeddings and the
+    /// first `upto` blocks (before the final LayerNorm); arguments as in
+    /// [`Encoder::forward`]. `upto == 0` gives the embedded sequence;
+    /// [`Encoder::forward_from`] with `from == upto` finishes it, so the
+    /// two together equal [`Encoder::forward`]. `upto` beyond the number
+    /// of blocks is an error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_until(
+        &self,
+        signal: &Tensor,
+        pooled: &Tensor,
+        offsets: &Tensor,
+        log_scale: &Tensor,
+        key_mask: &Tensor,
+        upto: usize,
+        train: bool,
+    ) -> Result<Tensor> {
+        let Some(first) = self.blocks.get(..upto) else {
+            candle_core::bail!(
+                "encoder: cannot stop after block {upto} of {}",
+                self.blocks.len()
+            );
+        };
+        let patches = self.patch_embed.forward(signal, pooled, offsets)?;
+        let scale = self.scale_embed.forward(log_scale)?;
+        let mut xs = Tensor::cat(&[&scale, &patches], 1)?;
+        xs = dropout(&xs, self.dropout, train)?;
+        for block in first {
+            xs = block.forward(&xs, key_mask, train)?;
+        }
+        Ok(xs)
+    }
+
+    /// Runs blocks `from..` and the final LayerNorm on a hidden sequence
+    /// `xs (B, S, D)` with its key mask `(B, S)` u8 (as given by
+    /// [`Encoder::forward_until`] with `upto == from`). `from` beyond the
+    /// number of blocks is an error.
+    pub fn forward_from(
+        &self,
+        xs: &Tensor,
+        key_mask: &Tensor,
+        from: usize,
+        train: bool,
+    ) -> Result<Tensor> {
+        let Some(rest) = self.blocks.get(from..) else {
+            candle_core::bail!(
+                "encoder: cannot start at block {from} of {}",
+                self.blocks.len()
+            );
+        };
+        let mut xs = xs.clone();
+        for block in rest {
+            xs = block.forward(&xs, key_mask, train)?;
+        }
+        self.norm.forward_t(&xs, train)
+    }
+
+    /// The blocks from `from` on and the final LayerNorm, sharing this
+    /// encoder's weights.
+    pub fn tail(&self, from: usize) -> Result<EncoderTail> {
+        let Some(rest) = self.blocks.get(from..) else {
+            candle_core::bail!(
+                "encoder: cannot start at block {from} of {}",
+                self.blocks.len()
+            );
+        };
+        Ok(EncoderTail {
+            from,
+            blocks: rest.to_vec(),
+            norm: self.norm.clone(),
+        })
+    }
+}
+
+/// The last blocks of an encoder (block `from` to the last) and its final
+/// LayerNorm: what turns the hidden sequence after block `from`
+/// ([`Encoder::forward_until`]) into the encoder's output. Its weights
+/// have the encoder's names (`vb/blocks/{i}` for `i ≥ from`, `vb/norm`),
+/// so it can be built on its own (e.g. as trainable copies of a
+/// checkpoint's last blocks) or taken from an encoder
+/// ([`Encoder::tail`]).
+#[derive(Clone, Debug)]
+pub struct EncoderTail {
+    from: usize,
+    blocks: Vec<EncoderBlock>,
+    norm: LayerNorm,
+}
+
+impl EncoderTail {
+    /// Blocks `from..cfg.encoder_layers` at `vb/blocks/{i}` and the final
+    /// LayerNorm at `vb/norm`; `from` beyond `cfg.encoder_layers` is an
+    /// error.
+    pub fn new(cfg: &Config, from: usize, vb: VarBuilder) -> Result<Self> {
+        if from > cfg.encoder_layers {
+            candle_core::bail!(
+                "encoder tail: cannot start at block {from} of {}",
+                cfg.encoder_layers
+            );
+        }
+        let blocks = (from..cfg.encoder_layers)
+            .map(|i| EncoderBlock::new(cfg, vb.pp("blocks").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(EncoderTail {
+            from,
+            blocks,
+            norm: LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("norm"))?,
+        })
+    }
+
+    /// The index of the first block (the number of blocks before it).
+    pub fn from_block(&self) -> usize {
+        self.from
+    }
+
+    /// Number of blocks.
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Whether the tail is the final LayerNorm alone.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// `xs (B, S, D)` after block `from`, `key_mask (B, S)` u8 → the
+    /// encoder's output `(B, S, D)`.
+    pub fn forward(&self, xs: &Tensor, key_mask: &Tensor, train: bool) -> Result<Tensor> {
+        let mut xs = xs.clone();
         for block in &self.blocks {
             xs = block.forward(&xs, key_mask, train)?;
         }

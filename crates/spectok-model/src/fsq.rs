@@ -12,10 +12,10 @@
 //! dimension least significant.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::config::Config;
-use crate::layers::linear;
+use crate::layers::{linear, Linear};
 
 /// Shrinks the bound slightly so `round` never lands on the excluded edge.
 const EPS: f64 = 1e-3;

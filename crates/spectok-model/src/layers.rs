@@ -2,7 +2,7 @@
 //! to end (no fused inference-only kernels).
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
 use crate::config::Config;
 
@@ -26,7 +26,42 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
     } else {
         None
     };
-    Ok(Linear::new(weight, bias))
+    Ok(Linear { weight, bias })
+}
+
+/// A linear layer whose weights are cast to the input's dtype at each
+/// call. With f32 weights and bf16/f16 inputs this is mixed precision:
+/// the matmul runs in the input dtype while the gradient flows back
+/// through the cast into the f32 master weights. With equal dtypes the
+/// cast is a no-op.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// The `(out, in)` weight matrix.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, when the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dtype = xs.dtype();
+        let weight = self.weight.to_dtype(dtype)?;
+        let bias = match &self.bias {
+            Some(b) => Some(b.to_dtype(dtype)?),
+            None => None,
+        };
+        candle_nn::Linear::new(weight, bias).forward(xs)
+    }
 }
 
 /// Dropout in training mode, identity otherwise (or when `p == 0`).
@@ -58,10 +93,12 @@ impl LayerNorm {
 
 impl LayerNorm {
     /// Like [`Module::forward`]; outside training (`train == false`) an
-    /// f32 input takes candle's fused one-pass kernel, which has no
-    /// backward pass (training always uses the differentiable path).
+    /// input of the weights' dtype takes candle's fused one-pass kernel
+    /// (f32 on CPU; any float dtype on CUDA), which has no backward pass
+    /// (training always uses the differentiable path).
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        if !train && xs.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+        let fused_dtype = xs.dtype() == DType::F32 || xs.device().is_cuda();
+        if !train && fused_dtype && xs.dtype() == self.weight.dtype() {
             let xs = xs.contiguous()?;
             return candle_nn::ops::layer_norm(&xs, &self.weight, &self.bias, self.eps as f32);
         }
@@ -79,8 +116,8 @@ impl Module for LayerNorm {
         let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         normed
             .to_dtype(dtype)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+            .broadcast_mul(&self.weight.to_dtype(dtype)?)?
+            .broadcast_add(&self.bias.to_dtype(dtype)?)
     }
 }
 
@@ -107,6 +144,54 @@ impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         xs.apply(&self.fc1)?.gelu_erf()?.apply(&self.fc2)
     }
+}
+
+/// Most attention logits materialised at once outside training (2²⁶
+/// f32 values, 256 MiB): longer inputs are attended in query chunks, so
+/// inference memory grows linearly, not quadratically, with the number
+/// of tokens once a batch passes this size.
+pub const ATTENTION_CHUNK_LOGITS: usize = 1 << 26;
+
+/// f32 logits `q kᵀ + bias` of `(B, H, Sq, Dh)` queries over `(B, H, Sk,
+/// Dh)` keys; `bias` is `(B, 1, 1, Sk)`.
+fn attention_logits(q: &Tensor, k: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    q.matmul(&k.t()?)?
+        .to_dtype(DType::F32)?
+        .broadcast_add(bias)
+}
+
+/// Inference attention `softmax(q kᵀ + bias) v` with the fused last-dim
+/// softmax, over chunks of queries so that at most `max_logits` logits
+/// exist at once (queries attend independently, so the result equals the
+/// unchunked one).
+pub fn attend_chunked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    max_logits: usize,
+) -> Result<Tensor> {
+    let (b, h, sq, _) = q.dims4()?;
+    let sk = k.dim(2)?;
+    let per_query = (b * h * sk).max(1);
+    let chunk = (max_logits / per_query).clamp(1, sq.max(1));
+    let attend = |q: &Tensor| -> Result<Tensor> {
+        let logits = attention_logits(q, k, bias)?;
+        candle_nn::ops::softmax_last_dim(&logits)?
+            .to_dtype(v.dtype())?
+            .matmul(v)
+    };
+    if chunk >= sq {
+        return attend(q);
+    }
+    let mut parts = Vec::with_capacity(sq.div_ceil(chunk));
+    let mut start = 0;
+    while start < sq {
+        let len = chunk.min(sq - start);
+        parts.push(attend(&q.narrow(2, start, len)?.contiguous()?)?);
+        start += len;
+    }
+    Tensor::cat(&parts, 2)
 }
 
 /// Multi-head attention of queries `x_q` over keys/values `x_kv` with a
@@ -166,26 +251,57 @@ impl Attention {
         // forward and backward.
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let q = (q * scale)?;
-        let logits = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let dev = logits.device();
+        let dev = q.device();
         let bias = key_mask.reshape((b, 1, 1, sk))?.where_cond(
             &Tensor::zeros((b, 1, 1, sk), DType::F32, dev)?,
             &Tensor::new(MASK_LOGIT, dev)?.broadcast_as((b, 1, 1, sk))?,
         )?;
-        let logits = logits.broadcast_add(&bias)?;
-        // Outside training the fused last-dim softmax (one pass, no
-        // backward) replaces the differentiable composite.
-        let weights = if train {
-            candle_nn::ops::softmax(&logits, D::Minus1)?
+        let heads_out = if train {
+            let weights = candle_nn::ops::softmax(&attention_logits(&q, &k, &bias)?, D::Minus1)?
+                .to_dtype(v.dtype())?;
+            dropout(&weights, self.dropout, train)?.matmul(&v)?
         } else {
-            candle_nn::ops::softmax_last_dim(&logits)?
-        }
-        .to_dtype(v.dtype())?;
-        let weights = dropout(&weights, self.dropout, train)?;
-        weights
-            .matmul(&v)?
+            attend_chunked(&q, &k, &v, &bias, ATTENTION_CHUNK_LOGITS)?
+        };
+        heads_out
             .transpose(1, 2)?
             .reshape((b, sq, d))?
             .apply(&self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn chunked_attention_equals_one_pass_and_honours_the_mask() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, h, sq, sk, dh) = (2, 3, 37, 41, 8);
+        let q = Tensor::randn(0f32, 1.0, (b, h, sq, dh), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (b, h, sk, dh), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (b, h, sk, dh), &dev)?;
+        // Second spectrum: only the first 10 keys are attendable.
+        let mask: Vec<u8> = (0..b * sk).map(|i| u8::from(i < sk || i % sk < 10)).collect();
+        let mask = Tensor::from_vec(mask, (b, 1, 1, sk), &dev)?;
+        let bias = mask.where_cond(
+            &Tensor::zeros((b, 1, 1, sk), DType::F32, &dev)?,
+            &Tensor::new(MASK_LOGIT, &dev)?.broadcast_as((b, 1, 1, sk))?,
+        )?;
+        let whole = attend_chunked(&q, &k, &v, &bias, usize::MAX)?;
+        for max_logits in [1, b * h * sk * 5, b * h * sk * 36] {
+            let parts = attend_chunked(&q, &k, &v, &bias, max_logits)?;
+            let diff = (&parts - &whole)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "max_logits {max_logits}: diff {diff}");
+        }
+        // Changing a masked key's value leaves the output unchanged.
+        let v2 = v.clone();
+        let bump = Tensor::zeros((b, h, sk, dh), DType::F32, &dev)?
+            .slice_assign(&[1..2, 0..h, 20..21, 0..dh], &Tensor::ones((1, h, 1, dh), DType::F32, &dev)?)?;
+        let moved = attend_chunked(&q, &k, &(v2 + bump)?, &bias, 64)?;
+        let diff = (&moved - &whole)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "masked key changed the output by {diff}");
+        Ok(())
     }
 }

@@ -7,7 +7,7 @@ use spectok_data::{Batch, PatchState};
 
 use crate::config::{Config, MaskScore};
 use crate::decoder::{CrossAttentionDecoder, ReconstructionHead};
-use crate::encoder::Encoder;
+use crate::encoder::{Encoder, EncoderTail};
 use crate::error::{Error, Result};
 use crate::fsq::Fsq;
 use crate::wavelength::{WavelengthEncoding, WavelengthGrid};
@@ -116,6 +116,7 @@ pub struct Tokenizer {
     head: ReconstructionHead,
     device: Device,
     dtype: DType,
+    compute: DType,
 }
 
 impl Tokenizer {
@@ -137,6 +138,7 @@ impl Tokenizer {
             head: ReconstructionHead::new(cfg, vb.pp("head"))?,
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            compute: vb.dtype(),
         })
     }
 
@@ -153,6 +155,22 @@ impl Tokenizer {
     /// The weights' dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The dtype activations are computed in: the weights' dtype unless
+    /// [`Self::with_compute_dtype`] set another.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
+    }
+
+    /// Computes activations in `dtype` whatever the weights' dtype: with
+    /// f32 weights and `bf16`/`f16` this is mixed-precision training, the
+    /// weights cast per call (gradients flow back through the cast into
+    /// the f32 master weights). LayerNorm statistics, attention softmax,
+    /// pooling and the loss stay in f32.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        self.compute = dtype;
+        self
     }
 
     /// The quantiser, when [`Config::fsq_levels`] is set.
@@ -241,8 +259,8 @@ impl Tokenizer {
             .collect();
         let dev = &self.device;
         Ok(Inputs {
-            signal: Tensor::from_vec(signal, (b, t, 3 * p), dev)?.to_dtype(self.dtype)?,
-            log_scale: Tensor::from_vec(log_scale, (b, 1), dev)?.to_dtype(self.dtype)?,
+            signal: Tensor::from_vec(signal, (b, t, 3 * p), dev)?.to_dtype(self.compute)?,
+            log_scale: Tensor::from_vec(log_scale, (b, 1), dev)?.to_dtype(self.compute)?,
             key_mask: Tensor::from_vec(key_mask, (b, 1 + t), dev)?,
             token_mask: Tensor::from_vec(token_mask, (b, t), dev)?,
         })
@@ -269,7 +287,7 @@ impl Tokenizer {
 
     /// Wavelength features `(pooled, offsets)` of a grid as tensors.
     fn grid_features(&self, grid: &WavelengthGrid) -> Result<(Tensor, Tensor)> {
-        self.wavelength.forward(grid, &self.device, self.dtype)
+        self.wavelength.forward(grid, &self.device, self.compute)
     }
 
     fn encode_with(
@@ -447,4 +465,125 @@ fn pool(tokens: &Tensor, mask: &Tensor, scale: &Tensor) -> candle_core::Result<T
     let sum = (sum + scale.to_dtype(DType::F32)?.broadcast_mul(&empty)?)?;
     sum.broadcast_div(&n.clamp(1f64, f64::INFINITY)?)?
         .to_dtype(dtype)
+}
+
+/// The encoder's hidden states part way through: what
+/// [`Tokenizer::encode_until`] gives and [`Tokenizer::encode_from`]
+/// finishes.
+#[derive(Clone, Debug)]
+pub struct EncoderState {
+    /// `(B, 1+T, D)` the sequence `[scale token, patch 0, …, patch T−1]`
+    /// after the first [`Self::blocks`] blocks (before the final
+    /// LayerNorm). Rows of masked patches are computed but never read by
+    /// a valid row.
+    pub hidden: Tensor,
+    /// `(B, 1+T)` u8: the attendable rows (the scale token and the valid
+    /// patches).
+    pub key_mask: Tensor,
+    /// `(B, T)` u8: 1 for valid patches (`key_mask` without the scale
+    /// token's column).
+    pub token_mask: Tensor,
+    /// Blocks run so far.
+    pub blocks: usize,
+}
+
+impl Tokenizer {
+    /// Encodes a batch up to block `upto` (`0 ≤ upto ≤ encoder_layers`):
+    /// the hidden states after the embeddings and the first `upto`
+    /// blocks, with the key and token masks. [`Self::encode_from`] on the
+    /// result gives what [`Self::encode`] gives.
+    pub fn encode_until(&self, batch: &Batch, upto: usize, train: bool) -> Result<EncoderState> {
+        if upto > self.cfg.encoder_layers {
+            return Err(Error::Config {
+                field: "encoder_layers",
+                message: format!(
+                    "cannot stop after block {upto}: the encoder has {} blocks",
+                    self.cfg.encoder_layers
+                ),
+            });
+        }
+        self.check_batch(batch)?;
+        let (pooled_wl, offsets) = self.grid_features(&WavelengthGrid::from_batch(batch))?;
+        let inputs = self.inputs(batch, None)?;
+        let hidden = self.encoder.forward_until(
+            &inputs.signal,
+            &pooled_wl,
+            &offsets,
+            &inputs.log_scale,
+            &inputs.key_mask,
+            upto,
+            train,
+        )?;
+        Ok(EncoderState {
+            hidden,
+            key_mask: inputs.key_mask,
+            token_mask: inputs.token_mask,
+            blocks: upto,
+        })
+    }
+
+    /// Finishes an encoding from `state` with this model's remaining
+    /// blocks, final LayerNorm, quantiser (when on) and pooling.
+    pub fn encode_from(&self, state: &EncoderState, train: bool) -> Result<Encoded> {
+        let tail = self.encoder.tail(state.blocks)?;
+        Self::finish_with(state, &tail, self.fsq.as_ref(), train)
+    }
+
+    /// Finishes an encoding from `state` with the given blocks and final
+    /// LayerNorm (`tail`, which must start at block `state.blocks`) and
+    /// quantiser, then pools exactly as [`Self::encode`] does: the scale
+    /// token is row 0 of the output, the tokens the other rows (quantised
+    /// when `fsq` is given), and the pooled embedding the mean of the
+    /// tokens under `state.token_mask` (the scale token where there is
+    /// none). With this model's own tail and quantiser it is
+    /// [`Self::encode_from`]; with trainable copies of them it fine-tunes
+    /// the last blocks on hidden states computed once.
+    pub fn finish_with(
+        state: &EncoderState,
+        tail: &EncoderTail,
+        fsq: Option<&Fsq>,
+        train: bool,
+    ) -> Result<Encoded> {
+        if tail.from_block() != state.blocks {
+            return Err(Error::batch(
+                "blocks",
+                format!(
+                    "the hidden states are after block {}, the tail starts at block {}",
+                    state.blocks,
+                    tail.from_block()
+                ),
+            ));
+        }
+        let (b, s, _) = state.hidden.dims3()?;
+        let t = state.token_mask.dim(1)?;
+        if s != t + 1 || state.key_mask.dims() != [b, s] || state.token_mask.dim(0)? != b {
+            return Err(Error::batch(
+                "hidden",
+                format!(
+                    "hidden states {:?}, key mask {:?} and token mask {:?} disagree",
+                    state.hidden.dims(),
+                    state.key_mask.dims(),
+                    state.token_mask.dims()
+                ),
+            ));
+        }
+        let out = tail.forward(&state.hidden, &state.key_mask, train)?;
+        let scale_token = out.i((.., 0))?;
+        let tokens = out.narrow(1, 1, t)?;
+        let (tokens, token_ids) = match fsq {
+            Some(fsq) => {
+                let (q, ids) = fsq.forward(&tokens)?;
+                (q, Some(ids))
+            }
+            None => (tokens, None),
+        };
+        let pooled = pool(&tokens, &state.token_mask, &scale_token)?;
+        Ok(Encoded {
+            tokens,
+            token_mask: state.token_mask.clone(),
+            scale_token,
+            pooled,
+            token_ids,
+        })
+    }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use spectok_data::PatchState;
@@ -431,8 +431,9 @@ fn dropout_only_in_training_mode() {
 #[test]
 fn bf16_runs_and_stays_close_to_f32() {
     let cfg = Config::demo();
-    let (m32, varmap) = Tokenizer::init(&cfg, &Device::Cpu, DType::F32, 13).unwrap();
-    let (m16, _) = Tokenizer::init(&cfg, &Device::Cpu, DType::BF16, 13).unwrap();
+    let dev = common::device();
+    let (m32, varmap) = Tokenizer::init(&cfg, &dev, DType::F32, 13).unwrap();
+    let (m16, _) = Tokenizer::init(&cfg, &dev, DType::BF16, 13).unwrap();
     assert_eq!(m16.dtype(), DType::BF16);
     assert!(!varmap.all_vars().is_empty());
     let (_, batch) = ragged_batch(cfg.patch_size);
@@ -454,6 +455,33 @@ fn bf16_runs_and_stays_close_to_f32() {
 }
 
 #[test]
+fn mixed_precision_trains_f32_weights_through_bf16_compute() {
+    let cfg = Config::demo();
+    let (m32, varmap) = model(&cfg, 15);
+    let mixed = m32.clone().with_compute_dtype(DType::BF16);
+    assert_eq!(mixed.dtype(), DType::F32);
+    assert_eq!(mixed.compute_dtype(), DType::BF16);
+    let (_, batch) = ragged_batch(cfg.patch_size);
+    let enc = mixed.encode(&batch, false).unwrap();
+    assert_eq!(enc.tokens.dtype(), DType::BF16);
+    let l32 = m32.loss(&batch, None, true).unwrap().loss;
+    let l16 = mixed.loss(&batch, None, true).unwrap().loss;
+    assert_eq!(l16.dtype(), DType::F32);
+    let (a, b) = (
+        l32.to_scalar::<f32>().unwrap(),
+        l16.to_scalar::<f32>().unwrap(),
+    );
+    assert!((a - b).abs() <= 0.05 * a.abs(), "f32 loss {a}, mixed {b}");
+    let grads = l16.backward().unwrap();
+    for var in varmap.all_vars() {
+        let g = grads.get(var.as_tensor()).expect("every weight gets a gradient");
+        assert_eq!(g.dtype(), DType::F32, "gradients reach the f32 master weights");
+        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(norm.is_finite() && norm > 0.0, "gradient norm² {norm}");
+    }
+}
+
+#[test]
 fn batch_inconsistencies_are_errors_naming_the_field() {
     let cfg = Config::demo();
     let (m, _) = model(&cfg, 14);
@@ -472,4 +500,90 @@ fn batch_inconsistencies_are_errors_naming_the_field() {
     let other = collate(&[spectrum(1, 2, 4, 5000.0, 1.0, &[], 4)], 0);
     let e = m.encode(&other, false).unwrap_err().to_string();
     assert!(e.contains("patch_size"), "{e}");
+}
+
+#[test]
+fn finishing_from_hidden_states_after_block_n_minus_k_equals_encode() {
+    use spectok_model::encoder::EncoderTail;
+    use spectok_model::tokenizer::EncoderState;
+    for fsq_levels in [vec![], vec![8, 5, 5]] {
+        let cfg = Config {
+            encoder_layers: 3,
+            fsq_levels,
+            ..Config::demo()
+        };
+        let n = cfg.encoder_layers;
+        let (m, varmap) = model(&cfg, 16);
+        let (specs, batch) = ragged_batch(cfg.patch_size);
+        let enc = m.encode(&batch, false).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        for k in [0, 1, n] {
+            let state = m.encode_until(&batch, n - k, false).unwrap();
+            assert_eq!(state.blocks, n - k);
+            assert_eq!(state.hidden.dims(), &[3, 8, cfg.d_model]);
+            assert_eq!(state.key_mask.dims(), &[3, 8]);
+            let fin = m.encode_from(&state, false).unwrap();
+            assert!(diff(&fin.tokens, &enc.tokens) <= TOL, "k {k}: tokens");
+            assert!(diff(&fin.pooled, &enc.pooled) <= TOL, "k {k}: pooled");
+            assert!(diff(&fin.scale_token, &enc.scale_token) <= TOL);
+            assert_eq!(
+                fin.token_ids.as_ref().map(|t| t.to_vec2::<u32>().unwrap()),
+                enc.token_ids.as_ref().map(|t| t.to_vec2::<u32>().unwrap()),
+                "k {k}: ids"
+            );
+            // A tail built on its own from the same weight names, run on a
+            // spectrum's scale row and valid rows alone (what the finetune
+            // cache stores), gives that spectrum's valid tokens and pooled
+            // embedding.
+            let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &common::device());
+            let tail = EncoderTail::new(&cfg, n - k, vb.pp("encoder")).unwrap();
+            assert_eq!(tail.len(), k);
+            for (s, spec) in specs.iter().enumerate() {
+                let hidden = rows(&state.hidden, s);
+                let valid = spec.valid();
+                let mut keep: Vec<f32> = hidden[0].clone();
+                for &i in &valid {
+                    keep.extend_from_slice(&hidden[1 + i]);
+                }
+                let len = 1 + valid.len();
+                let dev = common::device();
+                let compact = EncoderState {
+                    hidden: Tensor::from_vec(keep, (1, len, cfg.d_model), &dev).unwrap(),
+                    key_mask: Tensor::ones((1, len), DType::U8, &dev).unwrap(),
+                    token_mask: Tensor::ones((1, len - 1), DType::U8, &dev).unwrap(),
+                    blocks: n - k,
+                };
+                let own = Tokenizer::finish_with(&compact, &tail, m.fsq(), false).unwrap();
+                let got = rows(&own.tokens, 0);
+                let want: Vec<Vec<f32>> = valid
+                    .iter()
+                    .map(|&i| rows(&enc.tokens, s)[i].clone())
+                    .collect();
+                assert_rows_close(&got, &want, TOL);
+                let pooled = own.pooled.to_vec2::<f32>().unwrap();
+                let want = enc.pooled.to_vec2::<f32>().unwrap();
+                assert!(max_diff(&pooled[0], &want[s]) <= TOL, "k {k} spectrum {s}");
+            }
+            // A tail starting elsewhere is refused.
+            if k > 0 {
+                let other = EncoderTail::new(&cfg, n - k + 1, vb.pp("encoder")).unwrap();
+                let e = Tokenizer::finish_with(&state, &other, m.fsq(), false).unwrap_err();
+                assert!(e.to_string().contains("block"), "{e}");
+            }
+        }
+        let e = m
+            .encode_until(&batch, n + 1, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("encoder_layers"), "{e}");
+    }
 }

@@ -69,6 +69,67 @@ pub struct TrainState {
     pub tokens_seen: u64,
     /// Training wall time so far, seconds.
     pub elapsed_s: f64,
+    /// Dynamic loss scale of f16 mixed precision (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScale>,
+}
+
+/// Dynamic loss scaling for f16 compute: the loss is multiplied by
+/// `scale` before the backward pass and the gradients divided by it. A
+/// step whose gradients overflow is skipped and the scale halved; after
+/// [`LossScale::GROWTH_INTERVAL`] good steps in a row it doubles.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossScale {
+    /// Current multiplier of the loss.
+    pub scale: f64,
+    /// Good steps since the last change.
+    pub good_steps: u64,
+}
+
+impl LossScale {
+    /// Initial scale (2¹⁶, as PyTorch's GradScaler).
+    pub const INITIAL: f64 = 65536.0;
+    /// Good steps before the scale doubles.
+    pub const GROWTH_INTERVAL: u64 = 2000;
+    /// Below this an overflowing step is an error, not a rescale.
+    pub const MIN: f64 = 1.0;
+    /// Largest scale used.
+    pub const MAX: f64 = 16_777_216.0;
+
+    /// A fresh scaler.
+    pub fn new() -> Self {
+        LossScale {
+            scale: Self::INITIAL,
+            good_steps: 0,
+        }
+    }
+
+    /// Records a step's outcome: `overflow` halves the scale (returns
+    /// `false` when it is already at [`Self::MIN`]), otherwise counts a
+    /// good step and doubles the scale every
+    /// [`Self::GROWTH_INTERVAL`] of them.
+    pub fn update(&mut self, overflow: bool) -> bool {
+        if overflow {
+            if self.scale <= Self::MIN {
+                return false;
+            }
+            self.scale = (self.scale / 2.0).max(Self::MIN);
+            self.good_steps = 0;
+        } else {
+            self.good_steps += 1;
+            if self.good_steps >= Self::GROWTH_INTERVAL {
+                self.scale = (self.scale * 2.0).min(Self::MAX);
+                self.good_steps = 0;
+            }
+        }
+        true
+    }
+}
+
+impl Default for LossScale {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TrainState {

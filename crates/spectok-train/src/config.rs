@@ -187,8 +187,8 @@ impl Default for TrainConfig {
 /// Turns a serde error into a config error naming the field's path (for
 /// an unknown field, the path ends with the unknown name).
 fn serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> Error {
-    let path = err.path().to_string();
-    let message = err.into_inner().to_string();
+    let path = one_line(&err.path().to_string());
+    let message = one_line(&err.into_inner().to_string());
     let field = if path == "." {
         "(top level)".to_string()
     } else {
@@ -202,8 +202,8 @@ impl TrainConfig {
     /// defaults; a syntax error names line and column, a wrong type or an
     /// unknown field names the field's path.
     pub fn from_json(text: &str) -> Result<TrainConfig> {
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| Error::config("(syntax)", e.to_string()))?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| Error::config("(syntax)", one_line(&e.to_string())))?;
         let prepare_patch = value
             .pointer("/data/prepare/patch_size")
             .map(|v| v.to_string());
@@ -266,7 +266,7 @@ impl TrainConfig {
             if !names.insert(s.name.as_str()) {
                 return bad(
                     &at("name"),
-                    format!("`{}` is used by another source", s.name),
+                    format!("{} is used by another source", quoted(&s.name)),
                 );
             }
             if s.paths.is_empty() {
@@ -284,7 +284,7 @@ impl TrainConfig {
                         spectok_io::Format::ALL.iter().map(|f| f.name()).collect();
                     return bad(
                         &at("format"),
-                        format!("unknown format `{f}`; one of: {}", known.join(", ")),
+                        format!("unknown format {}; one of: {}", quoted(f), known.join(", ")),
                     );
                 }
             }
@@ -323,13 +323,13 @@ impl TrainConfig {
                     } else {
                         format!("data.{field}")
                     };
-                    Error::config(field, reason)
+                    Error::config(field, one_line(&reason))
                 }
                 other => Error::Data(other),
             })?;
         self.model.validate().map_err(|e| match e {
             spectok_model::Error::Config { field, message } => {
-                Error::config(format!("model.{field}"), message)
+                Error::config(format!("model.{field}"), one_line(&message))
             }
             other => Error::Model(other),
         })?;
@@ -384,7 +384,7 @@ impl TrainConfig {
         spectok_model::dtype(&self.dtype).map_err(|_| {
             Error::config(
                 "dtype",
-                format!("`{}`: expected f32, bf16 or f16", self.dtype),
+                format!("{}: expected f32, bf16 or f16", quoted(&self.dtype)),
             )
         })?;
         if self.out_dir.as_os_str().is_empty() {
@@ -439,6 +439,31 @@ fn check_device_name(name: &str) -> std::result::Result<(), String> {
     }
     match lower.strip_prefix("cuda:") {
         Some(n) if n.parse::<usize>().is_ok() => Ok(()),
-        _ => Err(format!("`{name}`: expected `cpu`, `cuda` or `cuda:N`")),
+        _ => Err(format!(
+            "{}: expected `cpu`, `cuda` or `cuda:N`",
+            quoted(name)
+        )),
     }
+}
+
+/// `s` on one line: control characters (newline, tab, escape, …) and the
+/// Unicode line and paragraph separators are escaped as in a Rust string
+/// literal (`\n`, `\u{1b}`), so text quoted from a config file (an
+/// unknown field's name, a bad value) cannot break an error message.
+pub(crate) fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A value from the config in backquotes, escaped as in a Rust string
+/// literal.
+fn quoted(s: &str) -> String {
+    format!("`{}`", s.escape_debug())
 }

@@ -33,7 +33,7 @@ pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
-pub use checkpoint::{resolve_resume, Checkpoints, TrainState};
+pub use checkpoint::{resolve_resume, Checkpoints, LossScale, TrainState};
 pub use config::{DataConfig, SourceConfig, TrainConfig};
 pub use error::{Error, Result};
 pub use eval::{EvalReport, Example, Reconstructions, SurveyLoss, RECONSTRUCTIONS_FILE};

@@ -150,7 +150,14 @@ impl AdamW {
     /// Parameters without a gradient are left alone. A non-finite gradient
     /// norm changes nothing and is reported with `applied: false`.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<StepStats> {
-        let grad_norm = self.grad_norm(grads)?;
+        self.step_scaled(grads, lr, 1.0)
+    }
+
+    /// Like [`Self::step`] for gradients of a loss multiplied by
+    /// `1 / grad_scale` (loss scaling): every gradient is multiplied by
+    /// `grad_scale` before norm, clipping and update.
+    pub fn step_scaled(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<StepStats> {
+        let grad_norm = self.grad_norm(grads)? * grad_scale;
         if !grad_norm.is_finite() {
             return Ok(StepStats {
                 grad_norm,
@@ -174,8 +181,9 @@ impl AdamW {
                 continue;
             };
             let g = g.to_dtype(DType::F32)?;
-            let g = if clip_scale != 1.0 {
-                g.affine(clip_scale, 0.0)?
+            let factor = clip_scale * grad_scale;
+            let g = if factor != 1.0 {
+                g.affine(factor, 0.0)?
             } else {
                 g
             };

@@ -31,13 +31,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Var;
+use candle_core::{DType, Var};
 use candle_nn::VarMap;
 use spectok_data::{rng, FileSource, Loader, LoaderState, LoaderStats, SourceSpec, Split};
 use spectok_model::Tokenizer;
 
 use crate::checkpoint::{
-    resolve_resume, step_name, Checkpoints, TrainState, BEST, OPTIMIZER_FILE, TRAIN_CONFIG_FILE,
+    resolve_resume, step_name, Checkpoints, LossScale, TrainState, BEST, OPTIMIZER_FILE,
+    TRAIN_CONFIG_FILE,
 };
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
@@ -243,7 +244,7 @@ impl Trainer {
 
         let (model, varmap, state) = match &resume_dir {
             Some(dir) => {
-                let (model, varmap) = Tokenizer::load(dir, &device, dtype)?;
+                let (model, varmap) = Tokenizer::load(dir, &device, DType::F32)?;
                 if model.config() != &cfg.model {
                     let a = serde_json::to_value(model.config()).unwrap_or_default();
                     let b = serde_json::to_value(&cfg.model).unwrap_or_default();
@@ -257,7 +258,8 @@ impl Trainer {
                 (model, varmap, state)
             }
             None => {
-                let (model, varmap) = Tokenizer::init(&cfg.model, &device, dtype, cfg.seed)?;
+                let (model, varmap) =
+                    Tokenizer::init(&cfg.model, &device, DType::F32, cfg.seed)?;
                 let state = TrainState {
                     step: 0,
                     seed: cfg.seed,
@@ -268,10 +270,18 @@ impl Trainer {
                     spectra_seen: 0,
                     tokens_seen: 0,
                     elapsed_s: 0.0,
+                    loss_scale: None,
                 };
                 (model, varmap, state)
             }
         };
+        // Weights and optimiser state are f32; `dtype` is the compute
+        // dtype (bf16/f16: mixed precision, f16 with loss scaling).
+        let model = model.with_compute_dtype(dtype);
+        let mut state = state;
+        if dtype == DType::F16 && state.loss_scale.is_none() {
+            state.loss_scale = Some(LossScale::new());
+        }
         let mut opt = AdamW::new(named_vars(&varmap), cfg.optim.clone())?;
         let loader_state = match &resume_dir {
             Some(dir) => {
@@ -478,12 +488,23 @@ impl Trainer {
             if !loss.is_finite() {
                 return Err(non_finite("loss", loss));
             }
-            let grads = out.loss.backward()?;
-            let stats = self.opt.step(&grads, lr)?;
-            if !stats.applied {
+            let stats = match self.state.loss_scale.as_mut() {
+                None => {
+                    let grads = out.loss.backward()?;
+                    self.opt.step(&grads, lr)?
+                }
+                Some(ls) => {
+                    let grads = (&out.loss * ls.scale)?.backward()?;
+                    let stats = self.opt.step_scaled(&grads, lr, 1.0 / ls.scale)?;
+                    if !ls.update(!stats.applied) {
+                        return Err(non_finite("gradient norm", stats.grad_norm));
+                    }
+                    stats
+                }
+            };
+            if !stats.applied && self.state.loss_scale.is_none() {
                 return Err(non_finite("gradient norm", stats.grad_norm));
             }
-            drop(grads);
 
             let now = Instant::now();
             let dt = now.duration_since(t_prev).as_secs_f64().max(1e-9);

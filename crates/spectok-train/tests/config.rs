@@ -188,3 +188,101 @@ fn shipped_configs_parse() {
     // The resolved config round-trips.
     assert_eq!(TrainConfig::from_json(&paper.to_json()).unwrap(), paper);
 }
+
+/// Parses `text`, expects a config error for `field` whose message holds
+/// `quoted` and no line break.
+fn one_line_error(text: &str, field: &str, quoted: &str) {
+    let e = TrainConfig::from_json(text).expect_err(text);
+    let msg = e.to_string();
+    assert!(!msg.contains(['\n', '\r', '\u{2028}']), "{msg:?}");
+    assert_eq!(e.config_field(), Some(field), "{msg}");
+    assert!(msg.contains(quoted), "{msg} (want {quoted})");
+}
+
+#[test]
+fn errors_quoting_the_config_stay_on_one_line() {
+    // Control characters in unknown field names: the field path and the
+    // message quote the name escaped.
+    one_line_error(
+        &with_data(r#""optim": {"lr\nx": 1}"#),
+        "optim.lr\\nx",
+        "unknown field `lr\\nx`",
+    );
+    one_line_error(
+        r#"{"st\r\neps": 1}"#,
+        "st\\r\\neps",
+        "unknown field `st\\r\\neps`",
+    );
+    one_line_error(
+        r#"{"data": {"sources": [{"name": "a", "paths": ["x"], "we\u2028ight": 1}]}}"#,
+        "data.sources[0].we\\u{2028}ight",
+        "unknown field `we\\u{2028}ight`",
+    );
+    // Control characters in string values.
+    one_line_error(
+        &with_data(r#""device": "cu\nda""#),
+        "device",
+        "`cu\\nda`: expected",
+    );
+    one_line_error(
+        &with_data(r#""dtype": "f\t32""#),
+        "dtype",
+        "`f\\t32`: expected",
+    );
+    one_line_error(
+        &with_data(r#""model": {"mask_score": "hid\nden"}"#),
+        "model.mask_score",
+        "unknown variant `hid\\nden`",
+    );
+    one_line_error(
+        r#"{"data": {"sources": [{"name": "a\nb", "paths": ["x"]}, {"name": "a\nb", "paths": ["y"]}]}}"#,
+        "data.sources[1].name",
+        "`a\\nb` is used by another source",
+    );
+    one_line_error(
+        r#"{"data": {"sources": [{"name": "a", "paths": ["x"], "format": "fi\u001bts"}]}}"#,
+        "data.sources[0].format",
+        "unknown format `fi\\u{1b}ts`",
+    );
+    // A config file: the file is named, the message stays one line.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.json");
+    std::fs::write(&path, with_data(r#""optim": {"lr\u0000": 1}"#)).unwrap();
+    let msg = TrainConfig::from_file(&path).unwrap_err().to_string();
+    assert!(
+        msg.contains("ctl.json") && msg.contains("field `optim.lr\\0`"),
+        "{msg}"
+    );
+    assert!(!msg.contains(['\n', '\0']), "{msg:?}");
+}
+
+#[test]
+fn finetune_config_errors_stay_on_one_line() {
+    use spectok_train::finetune::FinetuneConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ft.json");
+    for (text, field, quoted) in [
+        (
+            r#"{"epo\nchs": 3}"#,
+            "epo\\nchs",
+            "unknown field `epo\\nchs`",
+        ),
+        (
+            r#"{"head": {"ki\r\nnd": "linear"}}"#,
+            "head.ki\\r\\nnd",
+            "unknown field `ki\\r\\nnd`",
+        ),
+        (
+            r#"{"task": "red\nshift"}"#,
+            "task",
+            "unknown variant `red\\nshift`",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let e = FinetuneConfig::from_file(&path).expect_err(text);
+        let msg = e.to_string();
+        assert!(!msg.contains(['\n', '\r']), "{msg:?}");
+        assert_eq!(e.config_field(), Some(field), "{msg}");
+        assert!(msg.contains(quoted) && msg.contains("ft.json"), "{msg}");
+    }
+}

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
 
 use candle_core::Device;
+use candle_nn::VarMap;
 use spectok_data::{BatchSize, PrepareConfig};
 use spectok_train::embed::{EmbedModel, EmbedOptions};
 use spectok_train::finetune::baselines::{cholesky_solve, Knn, Pca, Ridge};
@@ -21,6 +22,7 @@ use spectok_train::finetune::{
     read_labels_csv, targets, write_predictions, FinetuneConfig, HeadKind, Part, Report, Task,
     TaskMetrics, HEAD_META, HEAD_WEIGHTS, METRICS_JSON, TEST_PREDICTIONS,
 };
+use spectok_train::finetune::{cached_hidden_states, embed_hidden, load_checkpoint_tail, Sample};
 use spectok_train::{DataConfig, OptimConfig, ScheduleConfig, SourceConfig, TrainConfig, Trainer};
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
@@ -396,4 +398,358 @@ fn heads_train_score_save_and_predict_on_the_demo_mocks() {
         let bad = work.path().join("p.txt");
         assert!(write_predictions(&bad, &h.meta, &samples, &preds).is_err());
     }
+}
+
+/// The tokenizer of [`run_dir`] with two encoder blocks (same config and
+/// training otherwise), once per test binary.
+fn run_dir_two_blocks() -> &'static Path {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spectok-train-finetune-run2");
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg =
+            TrainConfig::from_file(&run_dir().join(spectok_train::trainer::RUN_CONFIG_FILE))
+                .expect("run config");
+        cfg.model.encoder_layers = 2;
+        cfg.out_dir = dir.clone();
+        let mut t = Trainer::new(cfg, None).expect("trainer");
+        t.run(&mut (), &AtomicBool::new(false)).expect("training");
+        dir
+    })
+}
+
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The test-part samples of a finetuning run, in the order finetune
+/// scores them.
+fn test_part(cfg: &FinetuneConfig, samples: &[Sample]) -> Vec<Sample> {
+    targets(cfg.task, samples, &cfg.classes)
+        .rows
+        .into_iter()
+        .filter(|&i| {
+            part_of(
+                &samples[i].object_id,
+                cfg.val_fraction,
+                cfg.test_fraction,
+                cfg.split_seed,
+            ) == Part::Test
+        })
+        .map(|i| samples[i].clone())
+        .collect()
+}
+
+#[test]
+fn unfreezing_the_last_blocks_tunes_them_and_predict_agrees() {
+    let dev = Device::Cpu;
+    let m = EmbedModel::load(run_dir_two_blocks(), &dev, None).unwrap();
+    assert_eq!(m.model.config().encoder_layers, 2);
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    // SDSS and DESI mocks: every class, and fast to read.
+    let inputs: Vec<String> = ["sdss", "desi"]
+        .iter()
+        .map(|s| demo_dir().join(s).display().to_string())
+        .collect();
+    let opts = EmbedOptions::default();
+
+    // Final tokens and the hidden states after each block are cached apart.
+    let (tok_path, _) = cached_embeddings(&m, &inputs, &cache, &opts, &mut ()).unwrap();
+    let (h1_path, reused) = cached_hidden_states(&m, &inputs, &cache, 1, &opts, &mut ()).unwrap();
+    assert!(!reused && h1_path != tok_path);
+    let name = h1_path.file_name().unwrap().to_string_lossy().to_string();
+    assert!(name.starts_with("hidden-b1-"), "{name}");
+    let (again, reused) = cached_hidden_states(&m, &inputs, &cache, 1, &opts, &mut ()).unwrap();
+    assert!(reused && again == h1_path);
+    let (h0_path, _) = cached_hidden_states(&m, &inputs, &cache, 0, &opts, &mut ()).unwrap();
+    assert!(h0_path != h1_path && h0_path != tok_path);
+
+    // The checkpoint's last block and norm, run on the cached hidden
+    // states, give the frozen encoder's tokens and pooled embedding.
+    let (frozen, dim, _) = load_samples(&tok_path, 0).unwrap();
+    let (hidden, hdim, sha) = load_samples(&h1_path, 0).unwrap();
+    assert_eq!((dim, hdim), (16, 16));
+    assert_eq!(sha, m.sha256);
+    assert_eq!(frozen.len(), hidden.len());
+    let varmap = VarMap::new();
+    let (tail, model) = load_checkpoint_tail(&varmap, &m.checkpoint, &m.sha256, 1, &dev).unwrap();
+    assert_eq!(model.encoder_layers, 2);
+    assert_eq!(tail.from_block(), 1);
+    let refs: Vec<&Sample> = hidden.iter().collect();
+    let enc = tail.encode(&refs, &dev, false).unwrap();
+    let pooled = enc.pooled.to_vec2::<f32>().unwrap();
+    let scale = enc.scale_token.to_vec2::<f32>().unwrap();
+    for (i, (f, h)) in frozen.iter().zip(&hidden).enumerate() {
+        assert_eq!((&f.object_id, &f.source), (&h.object_id, &h.source));
+        assert_eq!(f.n_tokens(dim), h.n_tokens(dim), "{}", f.source);
+        let d = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        assert!(d(&pooled[i], &f.pooled) <= 1e-5, "{}: pooled", f.source);
+        assert!(
+            d(&h.pooled, &f.pooled) <= 1e-5,
+            "{}: cached pooled",
+            f.source
+        );
+        assert!(
+            d(&scale[i], &f.tokens[..dim]) <= 1e-5,
+            "{}: scale",
+            f.source
+        );
+    }
+
+    // K = 1 with the attentive class head; max_tokens pools the hidden
+    // rows of the longer spectra.
+    let mut cfg = FinetuneConfig {
+        task: Task::Class,
+        epochs: 3,
+        patience: 3,
+        batch_size: 32,
+        lr: 3e-3,
+        val_fraction: 0.2,
+        test_fraction: 0.3,
+        max_tokens: 64,
+        baselines: false,
+        unfreeze_last: 1,
+        ..FinetuneConfig::default()
+    };
+    cfg.head.hidden = 16;
+    cfg.head.heads = 2;
+    let (samples, _, _) = load_samples(&h1_path, cfg.max_tokens).unwrap();
+    assert!(samples.iter().all(|s| s.n_tokens(dim) <= 64));
+    let ckpt = m.checkpoint.display().to_string();
+    let out = work.path().join("class-k1");
+    let o = finetune(
+        &cfg,
+        &samples,
+        dim,
+        &ckpt,
+        &m.sha256,
+        &inputs,
+        &out,
+        &dev,
+        &mut |_| {},
+    )
+    .unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join(HEAD_META)).unwrap()).unwrap();
+    assert_eq!(meta["unfreeze_last"], 1);
+    assert_eq!(meta["encoder"]["encoder_layers"], 2);
+    assert_eq!(
+        o.report.results[0].model,
+        "head(attentive, last block tuned)"
+    );
+
+    // The tuned block and norm moved away from the checkpoint's; nothing
+    // else of the encoder is in the head, and the checkpoint is unchanged.
+    let weights = m.checkpoint.join(spectok_model::WEIGHTS_FILE);
+    let ck = candle_core::safetensors::load(&weights, &dev).unwrap();
+    let hd = candle_core::safetensors::load(out.join(HEAD_WEIGHTS), &dev).unwrap();
+    let mut tuned: Vec<&String> = hd
+        .keys()
+        .filter(|k| k.starts_with("encoder_tail."))
+        .collect();
+    tuned.sort();
+    // 16 tensors of block 1 (two norms, four projections, two MLP layers)
+    // and the final norm's 2.
+    assert_eq!(tuned.len(), 18, "{tuned:?}");
+    for name in &tuned {
+        assert!(
+            name.starts_with("encoder_tail.blocks.1.") || name.starts_with("encoder_tail.norm."),
+            "{name}"
+        );
+    }
+    for name in [
+        "blocks.1.attn.q.weight",
+        "blocks.1.mlp.fc1.weight",
+        "norm.weight",
+    ] {
+        let (a, b) = (
+            &hd[&format!("encoder_tail.{name}")],
+            &ck[&format!("encoder.{name}")],
+        );
+        assert_eq!(a.dims(), b.dims());
+        assert!(max_abs_diff(a, b) > 1e-6, "{name} did not change");
+    }
+    assert_eq!(
+        spectok_train::embed::sha256_file(&weights).unwrap(),
+        m.sha256
+    );
+    let fresh = work.path().join("fresh.h5");
+    let one = demo_dir().join("desi/coadd-0-90000-thru20250101.fits.gz");
+    embed_hidden(&m, &[one.display().to_string()], &fresh, 1, &opts, &mut ()).unwrap();
+    let (again, _, _) = load_samples(&fresh, 0).unwrap();
+    assert!(!again.is_empty());
+    for a in &again {
+        let b = hidden
+            .iter()
+            .find(|b| b.source == a.source)
+            .expect("same spectrum");
+        assert_eq!(a.tokens, b.tokens, "{}", a.source);
+    }
+
+    // The saved head (frozen block 0, tuned block 1, head) predicts what
+    // finetune wrote for the test part.
+    let h = load_head(&out, &dev).unwrap();
+    assert_eq!(h.meta.unfreeze_last, 1);
+    assert_eq!(h.tail.as_ref().map(|t| t.from_block()), Some(1));
+    let test = test_part(&cfg, &samples);
+    assert_eq!(test.len(), o.test.len());
+    let preds = predict_samples(&h, &test).unwrap();
+    let csv = std::fs::read_to_string(out.join(TEST_PREDICTIONS)).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), test.len());
+    for (((p, (_, q)), row), s) in preds.iter().zip(&o.test).zip(&rows).zip(&test) {
+        assert!(
+            row.starts_with(&format!("{},{},", s.object_id, s.survey)),
+            "{row}"
+        );
+        let written: Vec<f64> = row
+            .rsplit(',')
+            .take(3)
+            .map(|c| c.parse().unwrap())
+            .collect();
+        let written: Vec<f64> = written.into_iter().rev().collect();
+        for ((a, b), c) in p.probabilities.iter().zip(&q.probabilities).zip(&written) {
+            assert!(
+                (a - b).abs() <= 1e-5 && (a - c).abs() <= 1e-5,
+                "{row}: {a} {b} {c}"
+            );
+        }
+    }
+
+    // K = N with the linear head: the pooled re-encoded tokens.
+    let (samples0, _, _) = load_samples(&h0_path, cfg.max_tokens).unwrap();
+    let mut lin = FinetuneConfig {
+        task: Task::Redshift,
+        epochs: 2,
+        unfreeze_last: 2,
+        ..cfg.clone()
+    };
+    lin.head.kind = HeadKind::Linear;
+    let out0 = work.path().join("redshift-k2");
+    let o0 = finetune(
+        &lin,
+        &samples0,
+        dim,
+        &ckpt,
+        &m.sha256,
+        &inputs,
+        &out0,
+        &dev,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        o0.report.results[0].model,
+        "head(linear, last 2 blocks tuned)"
+    );
+    let h0 = load_head(&out0, &dev).unwrap();
+    assert_eq!(h0.tail.as_ref().map(|t| t.from_block()), Some(0));
+    let test0 = test_part(&lin, &samples0);
+    let preds0 = predict_samples(&h0, &test0).unwrap();
+    assert_eq!(preds0.len(), o0.test.len());
+    for (p, (_, q)) in preds0.iter().zip(&o0.test) {
+        assert!((p.values[0] - q.values[0]).abs() <= 1e-5 * (1.0 + q.values[0].abs()));
+        assert!((p.errors[0] - q.errors[0]).abs() <= 1e-5 * (1.0 + q.errors[0].abs()));
+    }
+
+    // Bad values name their field, on one line.
+    let bad = FinetuneConfig {
+        unfreeze_last: 3,
+        ..cfg.clone()
+    };
+    let e = finetune(
+        &bad,
+        &samples,
+        dim,
+        &ckpt,
+        &m.sha256,
+        &inputs,
+        &work.path().join("bad"),
+        &dev,
+        &mut |_| {},
+    )
+    .err()
+    .expect("K above the encoder's blocks")
+    .to_string();
+    assert!(e.contains("unfreeze_last") && !e.contains('\n'), "{e}");
+    let e = FinetuneConfig {
+        unfreeze_lr_ratio: 0.0,
+        ..cfg.clone()
+    }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("unfreeze_lr_ratio"), "{e}");
+    let p = work.path().join("c.json");
+    std::fs::write(&p, r#"{"task": "class", "unfreeze_lr_ratio": -1}"#).unwrap();
+    let e = FinetuneConfig::from_file(&p).unwrap_err().to_string();
+    assert!(e.contains("unfreeze_lr_ratio"), "{e}");
+    std::fs::write(&p, r#"{"task": "class", "unfreeze_last": -1}"#).unwrap();
+    let e = FinetuneConfig::from_file(&p).unwrap_err().to_string();
+    assert!(e.contains("unfreeze_last"), "{e}");
+    // Hidden states of another checkpoint are refused.
+    let e = finetune(
+        &cfg,
+        &samples,
+        dim,
+        &ckpt,
+        &"0".repeat(64),
+        &inputs,
+        &work.path().join("bad"),
+        &dev,
+        &mut |_| {},
+    )
+    .err()
+    .expect("sha mismatch")
+    .to_string();
+    assert!(e.contains("sha256"), "{e}");
+
+    // A head written before unfreeze_last existed (no such fields) loads
+    // as a head on the frozen encoder.
+    let plain = FinetuneConfig {
+        epochs: 1,
+        unfreeze_last: 0,
+        ..lin.clone()
+    };
+    let out_old = work.path().join("old");
+    finetune(
+        &plain,
+        &frozen,
+        dim,
+        &ckpt,
+        &m.sha256,
+        &inputs,
+        &out_old,
+        &dev,
+        &mut |_| {},
+    )
+    .unwrap();
+    let mp = out_old.join(HEAD_META);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mp).unwrap()).unwrap();
+    let o = v.as_object_mut().unwrap();
+    assert!(o.remove("unfreeze_last").is_some() && !o.contains_key("encoder"));
+    let c = o["config"].as_object_mut().unwrap();
+    c.remove("unfreeze_last");
+    c.remove("unfreeze_lr_ratio");
+    std::fs::write(&mp, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let old = load_head(&out_old, &dev).unwrap();
+    assert_eq!(old.meta.unfreeze_last, 0);
+    assert!(old.tail.is_none());
+    assert_eq!(predict_samples(&old, &frozen).unwrap().len(), frozen.len());
 }

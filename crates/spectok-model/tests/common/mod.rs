@@ -175,9 +175,21 @@ pub fn ragged_batch(p: usize) -> (Vec<Spec>, Batch) {
     (specs, batch)
 }
 
-/// A small random model on the CPU.
+/// The device the model tests run on: the CPU, or the one named by
+/// `SPECTOK_TEST_DEVICE` (`cuda`, `cuda:N`; `scripts/gpu_check.sh` sets
+/// it to run these tests on a GPU).
+#[allow(dead_code)]
+pub fn device() -> Device {
+    match std::env::var("SPECTOK_TEST_DEVICE") {
+        Ok(name) if !name.is_empty() => spectok_model::device(&name)
+            .unwrap_or_else(|e| panic!("SPECTOK_TEST_DEVICE={name}: {e}")),
+        _ => Device::Cpu,
+    }
+}
+
+/// A small random f32 model on the test [`device`].
 pub fn model(cfg: &Config, seed: u64) -> (Tokenizer, candle_nn::VarMap) {
-    Tokenizer::init(cfg, &Device::Cpu, DType::F32, seed).expect("model init")
+    Tokenizer::init(cfg, &device(), DType::F32, seed).expect("model init")
 }
 
 /// Row `b` of a `(B, T, D)` tensor as nested vectors.

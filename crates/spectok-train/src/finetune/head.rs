@@ -18,9 +18,9 @@
 //! values).
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
-use spectok_model::layers::{linear, LayerNorm, MASK_LOGIT};
+use spectok_model::layers::{linear, LayerNorm, Linear, MASK_LOGIT};
 
 use super::Task;
 use crate::error::Result;

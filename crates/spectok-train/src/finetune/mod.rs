@@ -29,13 +29,18 @@
 //!    embedding pipeline ([`crate::embed::embed`]); the file is cached
 //!    under a key of the checkpoint's SHA-256, the preparation config and
 //!    the input files ([`cache_path`]), so the three tasks and reruns
-//!    share it.
+//!    share it. With `unfreeze_last = K > 0` the frozen encoder runs only
+//!    up to block N−K and its hidden states are cached instead
+//!    ([`hidden`], a file of its own, [`hidden_cache_path`]).
 //! 2. Objects are split by a hash of their id into train / val / test
 //!    ([`data::part_of`]; defaults 70 / 10 / 20 %).
 //! 3. The head ([`head`]) is trained with AdamW on the train part; the
 //!    validation loss is computed after every epoch and training stops
 //!    after `patience` epochs without improvement; the best weights are
-//!    kept.
+//!    kept. With `unfreeze_last = K > 0`, trainable copies of the last K
+//!    encoder blocks and the final LayerNorm ([`tail`], initialised from
+//!    the checkpoint) re-encode the cached hidden states on every batch
+//!    and are optimised with the head, at `lr × unfreeze_lr_ratio`.
 //! 4. The test part is scored, and so are the baselines on the same split
 //!    ([`baselines`]): ridge regression and k-NN on the pooled embedding,
 //!    and (when the inputs hold spectra of one survey on a common grid)
@@ -44,16 +49,20 @@
 //!
 //! # The head directory
 //!
-//! `head.safetensors` (weights), `head.json` ([`HeadMeta`]: task, label
-//! set, standardisation, head config, the tokenizer checkpoint and its
-//! SHA-256), `metrics.json` ([`Report`]) and `test_predictions.csv`; the
-//! command line adds the plots.
+//! `head.safetensors` (weights; with `unfreeze_last = K > 0` also the
+//! fine-tuned blocks and final norm, and the quantiser when the model has
+//! one, under `encoder_tail.`), `head.json` ([`HeadMeta`]: task, label
+//! set, standardisation, head config, K and the encoder config, the
+//! tokenizer checkpoint and its SHA-256), `metrics.json` ([`Report`]) and
+//! `test_predictions.csv`; the command line adds the plots.
 
 pub mod baselines;
 pub mod data;
 pub mod head;
+pub mod hidden;
 pub mod metrics;
 pub mod predict;
+pub mod tail;
 pub mod train;
 
 use std::collections::BTreeMap;
@@ -63,8 +72,10 @@ use serde::{Deserialize, Serialize};
 
 pub use data::{load_samples, part_of, read_labels_csv, targets, Part, Sample, Targets};
 pub use head::{Head, HeadConfig, HeadKind};
+pub use hidden::{cached_hidden_states, embed_hidden};
 pub use metrics::{ClassMetrics, ParamMetrics, RedshiftMetrics};
 pub use predict::{load_head, predict_samples, write_predictions, LoadedHead, Prediction};
+pub use tail::{load_checkpoint_tail, TunedTail, TAIL_PREFIX};
 pub use train::{finetune, FinetuneOutcome};
 
 use crate::embed::{embed, sha256_file, EmbedModel, EmbedObserver, EmbedOptions};
@@ -149,6 +160,11 @@ pub struct FinetuneConfig {
     pub pca_components: usize,
     /// Run the baselines.
     pub baselines: bool,
+    /// Encoder blocks fine-tuned with the head (the last K of N, with the
+    /// final LayerNorm); 0 keeps the whole encoder frozen.
+    pub unfreeze_last: usize,
+    /// Learning rate of the fine-tuned blocks relative to `lr`.
+    pub unfreeze_lr_ratio: f64,
 }
 
 impl Default for FinetuneConfig {
@@ -170,6 +186,8 @@ impl Default for FinetuneConfig {
             knn_k: 10,
             pca_components: 32,
             baselines: true,
+            unfreeze_last: 0,
+            unfreeze_lr_ratio: 0.1,
         }
     }
 }
@@ -182,8 +200,8 @@ impl FinetuneConfig {
         let cfg: FinetuneConfig =
             serde_path_to_error::deserialize(de).map_err(|e| Error::Config {
                 file: Some(path.to_path_buf()),
-                field: e.path().to_string(),
-                message: e.inner().to_string(),
+                field: crate::config::one_line(&e.path().to_string()),
+                message: crate::config::one_line(&e.inner().to_string()),
             })?;
         cfg.validate()?;
         Ok(cfg)
@@ -215,8 +233,29 @@ impl FinetuneConfig {
                 "heads and queries must be at least 1",
             ));
         }
+        if !(self.unfreeze_lr_ratio > 0.0 && self.unfreeze_lr_ratio.is_finite()) {
+            return Err(Error::config(
+                "unfreeze_lr_ratio",
+                format!(
+                    "{} is not a positive number (the fine-tuned blocks learn at lr × unfreeze_lr_ratio)",
+                    self.unfreeze_lr_ratio
+                ),
+            ));
+        }
         Ok(())
     }
+}
+
+/// Checks `unfreeze_last = k` against a tokenizer of `encoder_layers`
+/// blocks; the error names the field.
+pub fn check_unfreeze(k: usize, encoder_layers: usize) -> Result<()> {
+    if k > encoder_layers {
+        return Err(Error::config(
+            "unfreeze_last",
+            format!("{k} exceeds the tokenizer's {encoder_layers} encoder blocks"),
+        ));
+    }
+    Ok(())
 }
 
 /// What `head.json` holds: all a later `predict` needs besides the weights.
@@ -248,6 +287,15 @@ pub struct HeadMeta {
     /// Token standardisation (attentive head): std per dimension.
     #[serde(default)]
     pub token_std: Vec<f64>,
+    /// Encoder blocks fine-tuned with the head (their weights are in
+    /// `head.safetensors`); 0 (and absent, in heads written before this
+    /// field existed) for a head on the frozen encoder.
+    #[serde(default)]
+    pub unfreeze_last: usize,
+    /// The tokenizer's model config, for rebuilding the fine-tuned blocks
+    /// (present when `unfreeze_last > 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<spectok_model::Config>,
     /// The tokenizer checkpoint directory the head was trained on.
     pub checkpoint: String,
     /// SHA-256 of that checkpoint's `model.safetensors`.
@@ -308,6 +356,31 @@ pub struct Report {
 /// inputs as given and the files they expand to (path, size, modification
 /// time).
 pub fn cache_path(m: &EmbedModel, inputs: &[String], cache_dir: &Path) -> PathBuf {
+    cache_dir.join(format!("embeddings-{}.h5", cache_key(m, inputs, None)))
+}
+
+/// Where the cached hidden states after block `upto` of `inputs` under
+/// `m` live in `cache_dir` ([`hidden::cached_hidden_states`]):
+/// `hidden-b{upto}-KEY.h5`, KEY as in [`cache_path`] with the block
+/// number hashed in too, so final tokens and hidden states of different
+/// blocks never share a file.
+pub fn hidden_cache_path(
+    m: &EmbedModel,
+    inputs: &[String],
+    cache_dir: &Path,
+    upto: usize,
+) -> PathBuf {
+    let salt = format!("hidden states after encoder block {upto}");
+    cache_dir.join(format!(
+        "hidden-b{upto}-{}.h5",
+        cache_key(m, inputs, Some(&salt))
+    ))
+}
+
+/// The first 16 hex digits of the SHA-256 of the checkpoint's SHA-256,
+/// the preparation config, the inputs, the files they expand to and
+/// `salt` (when given).
+fn cache_key(m: &EmbedModel, inputs: &[String], salt: Option<&str>) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(m.sha256.as_bytes());
@@ -334,13 +407,15 @@ pub fn cache_path(m: &EmbedModel, inputs: &[String], cache_dir: &Path) -> PathBu
             }
         }
     }
-    let key: String = h
-        .finalize()
+    if let Some(salt) = salt {
+        h.update([0xffu8]);
+        h.update(salt.as_bytes());
+    }
+    h.finalize()
         .iter()
         .take(8)
         .map(|b| format!("{b:02x}"))
-        .collect();
-    cache_dir.join(format!("embeddings-{key}.h5"))
+        .collect()
 }
 
 /// The embeddings (with tokens) of `inputs` under `m`: read from the cache

@@ -4,9 +4,11 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
+use spectok_io::predictions::{Classes, Column, Predictions};
 
-use super::data::Sample;
+use super::data::{io_err, Sample};
 use super::head::{outputs, Head};
+use super::tail::TunedTail;
 use super::train::LoadedHeadRef;
 use super::{HeadMeta, Task, HEAD_META, HEAD_WEIGHTS};
 use crate::error::{Error, Result};
@@ -17,6 +19,10 @@ pub struct LoadedHead {
     pub meta: HeadMeta,
     /// The weights.
     pub head: Head,
+    /// The fine-tuned last encoder blocks, when the head was trained with
+    /// `unfreeze_last > 0`: they re-encode the cached hidden states after
+    /// block N−K before the head.
+    pub tail: Option<TunedTail>,
     /// Where it runs.
     pub device: Device,
 }
@@ -32,7 +38,9 @@ pub struct Prediction {
     pub probabilities: Vec<f64>,
 }
 
-/// Loads `HEAD_DIR/head.json` and `HEAD_DIR/head.safetensors` onto `device`.
+/// Loads `HEAD_DIR/head.json` and `HEAD_DIR/head.safetensors` onto
+/// `device`, with the fine-tuned encoder blocks when `head.json` records
+/// `unfreeze_last > 0` (heads without that field have none).
 pub fn load_head(dir: &Path, device: &Device) -> Result<LoadedHead> {
     let mp = dir.join(HEAD_META);
     let text = std::fs::read_to_string(&mp).map_err(|e| Error::file(&mp, e))?;
@@ -43,13 +51,35 @@ pub fn load_head(dir: &Path, device: &Device) -> Result<LoadedHead> {
         &meta.head,
         meta.dim,
         outputs(meta.task, meta.names.len()),
-        vb,
+        vb.clone(),
     )?;
+    let tail = match (meta.unfreeze_last, &meta.encoder) {
+        (0, _) => None,
+        (k, Some(model)) => {
+            if model.d_model != meta.dim {
+                return Err(Error::file(
+                    &mp,
+                    format!(
+                        "encoder.d_model {} differs from dim {}",
+                        model.d_model, meta.dim
+                    ),
+                ));
+            }
+            Some(TunedTail::new(model, k, vb).map_err(|e| Error::file(&mp, e))?)
+        }
+        (k, None) => {
+            return Err(Error::file(
+                &mp,
+                format!("unfreeze_last is {k} but there is no encoder config"),
+            ))
+        }
+    };
     let wp = dir.join(HEAD_WEIGHTS);
     varmap.load(&wp).map_err(|e| Error::file(&wp, e))?;
     Ok(LoadedHead {
         meta,
         head,
+        tail,
         device: device.clone(),
     })
 }
@@ -58,12 +88,13 @@ pub fn load_head(dir: &Path, device: &Device) -> Result<LoadedHead> {
 pub fn predict_with(h: &LoadedHead, samples: &[&Sample], batch: usize) -> Result<Vec<Prediction>> {
     let view = LoadedHeadRef {
         meta: &h.meta,
+        tail: h.tail.as_ref(),
         device: &h.device,
     };
     let m = &h.meta;
     let mut out = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(batch.max(1)) {
-        let y = h.head.forward(&view.input(chunk)?, false)?;
+        let y = h.head.forward(&view.input(chunk, false)?, false)?;
         let y = match m.task {
             Task::Class => candle_nn::ops::softmax_last_dim(&y)?,
             _ => y,
@@ -158,12 +189,46 @@ fn value_cells(meta: &HeadMeta, p: &Prediction) -> Vec<String> {
     }
 }
 
-/// Writes predictions as CSV (`.csv`) or JSON (`.json`, an array of
-/// objects): object_id, survey, source and the task's columns (redshift:
-/// z, z_err; class: class and p_<name> per class; stellar: one column per
-/// parameter).
+/// Writes predictions as CSV (`.csv`), JSON (`.json`, an array of
+/// objects) or HDF5 (`.h5`/`.hdf5`, [`spectok_io::predictions`]):
+/// object_id, survey, source and the task's columns (redshift: z, z_err;
+/// class: class and p_<name> per class, in HDF5 a `probabilities` matrix
+/// with the names in `classes`; stellar: one column per parameter). An
+/// HDF5 file written here records the checkpoint of `head.json` and no
+/// head directory; [`write_predictions_from`] records both.
 pub fn write_predictions(
     path: &Path,
+    meta: &HeadMeta,
+    samples: &[Sample],
+    preds: &[Prediction],
+) -> Result<()> {
+    write_to(path, "", &meta.checkpoint, meta, samples, preds)
+}
+
+/// [`write_predictions`] recording, in an HDF5 file, the head directory
+/// and the checkpoint the inputs were embedded with.
+pub fn write_predictions_from(
+    path: &Path,
+    head_dir: &Path,
+    checkpoint: &Path,
+    meta: &HeadMeta,
+    samples: &[Sample],
+    preds: &[Prediction],
+) -> Result<()> {
+    write_to(
+        path,
+        &head_dir.display().to_string(),
+        &checkpoint.display().to_string(),
+        meta,
+        samples,
+        preds,
+    )
+}
+
+fn write_to(
+    path: &Path,
+    head_dir: &str,
+    checkpoint: &str,
     meta: &HeadMeta,
     samples: &[Sample],
     preds: &[Prediction],
@@ -220,14 +285,94 @@ pub fn write_predictions(
                 .collect();
             serde_json::to_string_pretty(&rows).map_err(|e| Error::file(path, e))? + "\n"
         }
+        "h5" | "hdf5" => {
+            let table = hdf5_table(head_dir, checkpoint, meta, samples, preds);
+            return spectok_io::predictions::write_predictions(path, &table).map_err(io_err);
+        }
         _ => {
             return Err(Error::file(
                 path,
-                "unsupported predictions format; use a .csv or .json file name",
+                "unsupported predictions format; use a .csv, .json or .h5 file name",
             ))
         }
     };
     crate::error::write_atomic(path, text.as_bytes())
+}
+
+/// The predictions as the HDF5 file's table: the CSV columns, numbers as
+/// f64, and for the class task the probability matrix.
+fn hdf5_table(
+    head_dir: &str,
+    checkpoint: &str,
+    meta: &HeadMeta,
+    samples: &[Sample],
+    preds: &[Prediction],
+) -> Predictions {
+    let n = samples.len().min(preds.len());
+    let preds = &preds[..n];
+    let column = |name: &str, of: Option<&str>, get: &dyn Fn(&Prediction) -> f64| Column {
+        name: name.to_string(),
+        values: preds.iter().map(get).collect(),
+        uncertainty_of: of.map(str::to_string),
+    };
+    let (columns, classes) = match meta.task {
+        Task::Redshift => (
+            vec![
+                column("z", None, &|p| {
+                    p.values.first().copied().unwrap_or(f64::NAN)
+                }),
+                column("z_err", Some("z"), &|p| {
+                    p.errors.first().copied().unwrap_or(f64::NAN)
+                }),
+            ],
+            None,
+        ),
+        Task::Stellar => (
+            meta.names
+                .iter()
+                .enumerate()
+                .map(|(k, name)| {
+                    column(name, None, &|p| {
+                        p.values.get(k).copied().unwrap_or(f64::NAN)
+                    })
+                })
+                .collect(),
+            None,
+        ),
+        Task::Class => {
+            let c = meta.names.len();
+            let classes = Classes {
+                names: meta.names.clone(),
+                predicted: preds
+                    .iter()
+                    .map(|p| {
+                        let k = p.values.first().map_or(0, |v| *v as usize);
+                        meta.names.get(k).cloned().unwrap_or_default()
+                    })
+                    .collect(),
+                probabilities: preds
+                    .iter()
+                    .flat_map(|p| {
+                        (0..c).map(|k| p.probabilities.get(k).copied().unwrap_or(f64::NAN))
+                    })
+                    .collect(),
+            };
+            (Vec::new(), Some(classes))
+        }
+    };
+    let samples = &samples[..n];
+    Predictions {
+        task: meta.task.name().to_string(),
+        head: head_dir.to_string(),
+        checkpoint: checkpoint.to_string(),
+        checkpoint_sha256: meta.checkpoint_sha256.clone(),
+        spectok_version: env!("CARGO_PKG_VERSION").to_string(),
+        object_id: samples.iter().map(|x| x.object_id.clone()).collect(),
+        survey: samples.iter().map(|x| x.survey.clone()).collect(),
+        source: samples.iter().map(|x| x.source.clone()).collect(),
+        columns,
+        classes,
+    }
 }
 
 /// Writes the test part's truths and predictions (`test_predictions.csv`).

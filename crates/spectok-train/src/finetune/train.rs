@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, ParamsAdamW, VarMap};
 use spectok_io::{plan_inputs, read_unit, Spectrum};
 
@@ -12,6 +12,7 @@ use super::data::{part_of, targets, Part, Sample, Targets};
 use super::head::{loss, outputs, pad_tokens, Head, HeadInput, HeadKind};
 use super::metrics::{class_metrics, param_metrics, redshift_metrics};
 use super::predict::{predict_with, write_test_predictions, LoadedHead, Prediction};
+use super::tail::{is_tail_weight, is_tuned_weight, load_checkpoint_tail, TunedTail};
 use super::{
     FinetuneConfig, HeadMeta, Report, Scored, Task, TaskMetrics, HEAD_META, HEAD_WEIGHTS,
     METRICS_JSON, TEST_PREDICTIONS,
@@ -61,6 +62,12 @@ fn raw_target(task: Task, v: &[f64]) -> Vec<f64> {
 /// `cfg.task`, scores it and the baselines on the test part and writes the
 /// head directory `out` (see the module docs). `inputs` are read again
 /// only for the flux baseline. `log` receives one line per epoch.
+///
+/// With `cfg.unfreeze_last = K > 0` the samples must hold the hidden
+/// states after encoder block N−K ([`super::cached_hidden_states`] of the
+/// checkpoint `checkpoint`, whose weights must have SHA-256
+/// `checkpoint_sha256`); the last K blocks and the final norm are copied
+/// from the checkpoint and fine-tuned with the head ([`super::tail`]).
 #[allow(clippy::too_many_arguments)]
 pub fn finetune(
     cfg: &FinetuneConfig,
@@ -75,6 +82,31 @@ pub fn finetune(
 ) -> Result<FinetuneOutcome> {
     cfg.validate()?;
     let task = cfg.task;
+    // The head's weights, and with K > 0 the fine-tuned encoder blocks
+    // (copied from the checkpoint first).
+    let varmap = VarMap::new();
+    let k_tuned = cfg.unfreeze_last;
+    let (tail, encoder_cfg) = if k_tuned > 0 {
+        let (tail, model) = load_checkpoint_tail(
+            &varmap,
+            Path::new(checkpoint),
+            checkpoint_sha256,
+            k_tuned,
+            device,
+        )?;
+        if model.d_model != dim {
+            return Err(Error::config(
+                "unfreeze_last",
+                format!(
+                    "the embeddings are {dim} wide, the checkpoint's encoder {}",
+                    model.d_model
+                ),
+            ));
+        }
+        (Some(tail), Some(model))
+    } else {
+        (None, None)
+    };
     let t = targets(task, samples, &cfg.classes);
     if t.names.is_empty() {
         return Err(Error::config(
@@ -117,7 +149,10 @@ pub fn finetune(
             ),
         ));
     }
-    if cfg.head.kind == HeadKind::Attentive && samples[t.rows[train[0]]].tokens.is_empty() {
+    if tail.is_none()
+        && cfg.head.kind == HeadKind::Attentive
+        && samples[t.rows[train[0]]].tokens.is_empty()
+    {
         return Err(Error::config(
             "head.kind",
             "the attentive head needs tokens; the embeddings hold none",
@@ -149,8 +184,21 @@ pub fn finetune(
             .map(|v| *v as f64)
             .collect()
     };
-    let feat = Standardiser::fit(&train.iter().map(|j| pooled(*j)).collect::<Vec<_>>());
-    let (token_mean, token_std) = token_stats(train.iter().map(|j| &samples[t.rows[*j]]), dim);
+    let train_samples: Vec<&Sample> = train.iter().map(|j| &samples[t.rows[*j]]).collect();
+    let (feat, (token_mean, token_std)) = match &tail {
+        // The head reads the re-encoded tokens: standardise them as the
+        // checkpoint's blocks give them.
+        Some(tail) => tail_stats(tail, &train_samples, dim, device)?,
+        None => (
+            Standardiser::fit(&train.iter().map(|j| pooled(*j)).collect::<Vec<_>>()),
+            token_stats(
+                train_samples
+                    .iter()
+                    .flat_map(|s| s.tokens.chunks_exact(dim.max(1))),
+                dim,
+            ),
+        ),
+    };
     let meta = HeadMeta {
         task,
         names: t.names.clone(),
@@ -163,36 +211,50 @@ pub fn finetune(
         feature_std: feat.std.clone(),
         token_mean,
         token_std,
+        unfreeze_last: k_tuned,
+        encoder: encoder_cfg,
         checkpoint: checkpoint.to_string(),
         checkpoint_sha256: checkpoint_sha256.to_string(),
         config: cfg.clone(),
         spectok_version: env!("CARGO_PKG_VERSION").to_string(),
     };
 
-    // The head.
-    let varmap = VarMap::new();
+    // The head, optimised at lr; the fine-tuned blocks and final norm at
+    // lr × unfreeze_lr_ratio (the quantiser copy stays frozen).
     let vb = spectok_model::seeded_var_builder(&varmap, cfg.seed, DType::F32, device);
     let head = Head::new(&cfg.head, dim, outputs(task, t.names.len()), vb)?;
-    let mut opt = candle_nn::AdamW::new(
-        varmap.all_vars(),
-        ParamsAdamW {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..ParamsAdamW::default()
-        },
-    )?;
-    let loaded_for = |head: Head| LoadedHead {
+    let adamw = |vars: Vec<Var>, lr: f64| {
+        candle_nn::AdamW::new(
+            vars,
+            ParamsAdamW {
+                lr,
+                weight_decay: cfg.weight_decay,
+                ..ParamsAdamW::default()
+            },
+        )
+    };
+    let mut opt = adamw(vars_where(&varmap, |n| !is_tail_weight(n))?, cfg.lr)?;
+    let mut opt_tail = match &tail {
+        Some(_) => Some(adamw(
+            vars_where(&varmap, is_tuned_weight)?,
+            cfg.lr * cfg.unfreeze_lr_ratio,
+        )?),
+        None => None,
+    };
+    let loaded_for = |head: Head, tail: Option<TunedTail>| LoadedHead {
         meta: meta.clone(),
         head,
+        tail,
         device: device.clone(),
     };
     let batch_loss = |head: &Head, rows: &[usize], train: bool| -> Result<Tensor> {
         let lh = LoadedHeadRef {
             meta: &meta,
+            tail: tail.as_ref(),
             device,
         };
         let sel: Vec<&Sample> = rows.iter().map(|j| &samples[t.rows[*j]]).collect();
-        let input = lh.input(&sel)?;
+        let input = lh.input(&sel, train)?;
         let y = head.forward(&input, train)?;
         let b = rows.len();
         match task {
@@ -231,7 +293,11 @@ pub fn finetune(
         for chunk in order.chunks(cfg.batch_size) {
             let l = batch_loss(&head, chunk, true)?;
             sum += l.to_scalar::<f32>()? as f64 * chunk.len() as f64;
-            opt.backward_step(&l)?;
+            let grads = l.backward()?;
+            opt.step(&grads)?;
+            if let Some(o) = opt_tail.as_mut() {
+                o.step(&grads)?;
+            }
         }
         let tl = sum / order.len() as f64;
         let mut vsum = 0.0;
@@ -279,7 +345,7 @@ pub fn finetune(
         .save(out.join(HEAD_WEIGHTS))
         .map_err(|e| Error::file(out.join(HEAD_WEIGHTS), e))?;
     write_json(&out.join(HEAD_META), &meta)?;
-    let loaded = loaded_for(head);
+    let loaded = loaded_for(head, tail);
 
     // Score the test part.
     let test_samples: Vec<&Sample> = test.iter().map(|j| &samples[t.rows[*j]]).collect();
@@ -287,7 +353,7 @@ pub fn finetune(
     let truth: Vec<Vec<f64>> = test.iter().map(|j| t.values[*j].clone()).collect();
     let head_pred: Vec<Vec<f64>> = preds.iter().map(|p| p.values.clone()).collect();
     let mut results = vec![Scored {
-        model: format!("head({})", kind_name(cfg.head.kind)),
+        model: head_label(cfg),
         subset: "all".into(),
         metrics: score(task, &t, &head_pred, &truth),
     }];
@@ -353,12 +419,18 @@ pub fn finetune(
 /// [`LoadedHead`]).
 pub(crate) struct LoadedHeadRef<'a> {
     pub(crate) meta: &'a HeadMeta,
+    pub(crate) tail: Option<&'a TunedTail>,
     pub(crate) device: &'a Device,
 }
 
 impl LoadedHeadRef<'_> {
-    /// The head's input for these samples.
-    pub(crate) fn input(&self, sel: &[&Sample]) -> Result<HeadInput> {
+    /// The head's input for these samples; with fine-tuned blocks, the
+    /// samples' hidden states are re-encoded first (`train` turns their
+    /// dropout and differentiable LayerNorm on).
+    pub(crate) fn input(&self, sel: &[&Sample], train: bool) -> Result<HeadInput> {
+        if let Some(tail) = self.tail {
+            return self.tail_input(tail, sel, train);
+        }
         let dim = self.meta.dim;
         match self.meta.head.kind {
             HeadKind::Attentive => {
@@ -385,6 +457,37 @@ impl LoadedHeadRef<'_> {
         }
     }
 
+    /// The head's input from the fine-tuned blocks' tokens: the scale
+    /// token and the tokens (standardised with the token statistics) with
+    /// their mask, and the pooled embedding (standardised with the
+    /// feature statistics), as for frozen tokens.
+    fn tail_input(&self, tail: &TunedTail, sel: &[&Sample], train: bool) -> Result<HeadInput> {
+        let dim = self.meta.dim;
+        let enc = tail.encode(sel, self.device, train)?;
+        let stats = |v: &[f64]| -> Result<Tensor> {
+            let v: Vec<f32> = v.iter().map(|x| *x as f32).collect();
+            Ok(Tensor::from_vec(v, dim, self.device)?)
+        };
+        let pooled = enc
+            .pooled
+            .to_dtype(DType::F32)?
+            .broadcast_sub(&stats(&self.meta.feature_mean)?)?
+            .broadcast_div(&stats(&self.meta.feature_std)?)?;
+        match self.meta.head.kind {
+            HeadKind::Linear => Ok(HeadInput::Pooled(pooled)),
+            HeadKind::Attentive => {
+                let b = sel.len();
+                let x = Tensor::cat(&[&enc.scale_token.unsqueeze(1)?, &enc.tokens], 1)?
+                    .to_dtype(DType::F32)?
+                    .broadcast_sub(&stats(&self.meta.token_mean)?)?
+                    .broadcast_div(&stats(&self.meta.token_std)?)?;
+                let ones = Tensor::ones((b, 1), DType::F32, self.device)?;
+                let mask = Tensor::cat(&[&ones, &enc.token_mask.to_dtype(DType::F32)?], 1)?;
+                Ok(HeadInput::Tokens(x, mask, pooled))
+            }
+        }
+    }
+
     /// The standardised pooled embeddings `(B, D)`.
     fn pooled(&self, sel: &[&Sample]) -> Result<Tensor> {
         let dim = self.meta.dim;
@@ -401,35 +504,115 @@ impl LoadedHeadRef<'_> {
     }
 }
 
-/// Mean and standard deviation per dimension of all tokens of `samples`.
-fn token_stats<'a>(samples: impl Iterator<Item = &'a Sample>, dim: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut n = 0f64;
-    let mut sum = vec![0f64; dim];
-    let mut sq = vec![0f64; dim];
-    for s in samples {
-        for tok in s.tokens.chunks_exact(dim.max(1)) {
-            n += 1.0;
-            for ((a, b), x) in sum.iter_mut().zip(sq.iter_mut()).zip(tok) {
-                *a += *x as f64;
-                *b += (*x as f64) * (*x as f64);
+/// Mean and standard deviation per dimension of `tokens` (each `dim`
+/// values).
+fn token_stats<'a>(tokens: impl Iterator<Item = &'a [f32]>, dim: usize) -> MeanStd {
+    let mut acc = TokenStats::new(dim);
+    for tok in tokens {
+        acc.add(tok);
+    }
+    acc.finish()
+}
+
+/// Mean and standard deviation per dimension.
+type MeanStd = (Vec<f64>, Vec<f64>);
+
+/// Running sums for [`token_stats`].
+struct TokenStats {
+    n: f64,
+    sum: Vec<f64>,
+    sq: Vec<f64>,
+}
+
+impl TokenStats {
+    fn new(dim: usize) -> TokenStats {
+        TokenStats {
+            n: 0.0,
+            sum: vec![0f64; dim],
+            sq: vec![0f64; dim],
+        }
+    }
+
+    fn add(&mut self, tok: &[f32]) {
+        self.n += 1.0;
+        for ((a, b), x) in self.sum.iter_mut().zip(self.sq.iter_mut()).zip(tok) {
+            *a += *x as f64;
+            *b += (*x as f64) * (*x as f64);
+        }
+    }
+
+    fn finish(self) -> MeanStd {
+        let n = self.n.max(1.0);
+        let mean: Vec<f64> = self.sum.iter().map(|a| a / n).collect();
+        let std = self
+            .sq
+            .iter()
+            .zip(&mean)
+            .map(|(b, m)| {
+                let v = b / n - m * m;
+                if v > 1e-24 {
+                    v.sqrt()
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        (mean, std)
+    }
+}
+
+/// The feature standardiser (pooled embeddings) and the token statistics
+/// (scale token and tokens) of the checkpoint's blocks re-encoding the
+/// training samples' hidden states.
+fn tail_stats(
+    tail: &TunedTail,
+    train: &[&Sample],
+    dim: usize,
+    device: &Device,
+) -> Result<(Standardiser, MeanStd)> {
+    let mut pooled: Vec<Vec<f64>> = Vec::with_capacity(train.len());
+    let mut tokens = TokenStats::new(dim);
+    for chunk in train.chunks(256) {
+        let enc = tail.encode(chunk, device, false)?;
+        let p = enc.pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        pooled.extend(
+            p.into_iter()
+                .map(|r| r.into_iter().map(f64::from).collect::<Vec<f64>>()),
+        );
+        let scale = enc.scale_token.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let toks = enc.tokens.to_dtype(DType::F32)?.to_vec3::<f32>()?;
+        let mask = enc.token_mask.to_vec2::<u8>()?;
+        for ((s, rows), m) in scale.iter().zip(&toks).zip(&mask) {
+            tokens.add(s);
+            for (row, keep) in rows.iter().zip(m) {
+                if *keep == 1 {
+                    tokens.add(row);
+                }
             }
         }
     }
-    let n = n.max(1.0);
-    let mean: Vec<f64> = sum.iter().map(|a| a / n).collect();
-    let std = sq
-        .iter()
-        .zip(&mean)
-        .map(|(b, m)| {
-            let v = b / n - m * m;
-            if v > 1e-24 {
-                v.sqrt()
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    (mean, std)
+    Ok((Standardiser::fit(&pooled), tokens.finish()))
+}
+
+/// The variables of `varmap` whose names pass `keep`, by name.
+fn vars_where(varmap: &VarMap, keep: impl Fn(&str) -> bool) -> Result<Vec<Var>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::config("head", "weights lock poisoned"))?;
+    let mut named: Vec<(&String, &Var)> = data.iter().filter(|(n, _)| keep(n)).collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    Ok(named.into_iter().map(|(_, v)| v.clone()).collect())
+}
+
+/// The head's row name in the results table: `head(attentive)`,
+/// `head(linear)`, with `, last K blocks tuned` when `unfreeze_last > 0`.
+fn head_label(cfg: &FinetuneConfig) -> String {
+    match cfg.unfreeze_last {
+        0 => format!("head({})", kind_name(cfg.head.kind)),
+        1 => format!("head({}, last block tuned)", kind_name(cfg.head.kind)),
+        k => format!("head({}, last {k} blocks tuned)", kind_name(cfg.head.kind)),
+    }
 }
 
 fn kind_name(k: HeadKind) -> &'static str {
@@ -715,7 +898,7 @@ fn flux_baseline(
     let subset = format!("{survey} ({} test)", truth.len());
     let head_sub: Vec<Vec<f64>> = kte.iter().map(|p| head_pred[*p].clone()).collect();
     let mut out = vec![Scored {
-        model: format!("head({})", kind_name(cfg.head.kind)),
+        model: head_label(cfg),
         subset: subset.clone(),
         metrics: score(cfg.task, t, &head_sub, &truth),
     }];
