@@ -136,7 +136,7 @@ mkdir -p "$out/results"
 if [ "$(left)" -gt 200 ]; then
   run mock-survey 90 "${XTASK[@]}" mock-survey --count "$mock_count" --no-fits --out target/mock20k \
     --overwrite
-  t_pre=$(( $(left) - 150 )); [ "$t_pre" -gt 240 ] && t_pre=240
+  t_pre=$(( $(left) - 190 )); [ "$t_pre" -gt 240 ] && t_pre=240
   echo "pretraining for at most ${t_pre} s"
   rm -rf runs/mock-gpu
   timeout -s INT -k 60 "$t_pre" "${SPECTOK[@]}" pretrain --config "$pretrain_config" \
@@ -155,11 +155,12 @@ if [ "$(left)" -gt 200 ]; then
     ft=("${SPECTOK[@]}" finetune "$task" target/mock20k/shards --checkpoint runs/mock-gpu
         --embeddings target/mock20k-emb.h5 --config "configs/finetune-$task.json")
     t0=$SECONDS
-    run "finetune $task" "$t_ft" "${ft[@]}" --device "$dev" -o "runs/heads/$task"
+    run "finetune $task" "$t_ft" "${ft[@]}" --epochs "${GPU_CHECK_FINETUNE_EPOCHS:-40}" \
+      --device "$dev" -o "runs/heads/$task"
     if [ ! -f "runs/heads/$task/metrics.json" ] && [ $((SECONDS - t0)) -lt 20 ] \
        && [ "$(left)" -gt 60 ]; then
       echo "retrying $task with the head on the CPU"
-      run "finetune $task (cpu)" $(( $(left) / 2 )) "${ft[@]}" --device cpu --epochs 8 \
+      run "finetune $task (cpu)" $(( $(left) / 2 )) "${ft[@]}" --device cpu --epochs 6 \
         -o "runs/heads/$task"
     fi
     mkdir -p "$out/results/$task"
@@ -175,7 +176,8 @@ if ck:
     dst = os.path.join(sys.argv[1], "checkpoint")
     os.makedirs(dst, exist_ok=True)
     w = {k: v.to(torch.bfloat16) for k, v in load_file(ck[-1]).items()}
-    save_file(w, os.path.join(dst, "model.safetensors"))
+    # Beside the archive: results.tar.gz stays small.
+    save_file(w, os.path.join(sys.argv[1], "..", "mock-gpu-model-bf16.safetensors"))
     for f in ["config.json", "state.json", "train_config.json"]:
         src = os.path.join(os.path.dirname(ck[-1]), f)
         if os.path.exists(src):

@@ -124,7 +124,9 @@ pub fn run(args: Args) -> Result<()> {
             mark(ok)
         );
         if !ok {
-            failures.push(format!("{name} tokens differ from the CPU by {tok:.2e} (RMS)"));
+            failures.push(format!(
+                "{name} tokens differ from the CPU by {tok:.2e} (RMS)"
+            ));
         }
         agreement.insert(
             name.into(),
@@ -202,7 +204,10 @@ pub fn run(args: Args) -> Result<()> {
     out.insert("learning", json!({"losses": losses, "ok": ok}));
 
     // Speed.
-    eprintln!("gpu-bench: speed ({} × {})", big.batch_size, big.max_patches);
+    eprintln!(
+        "gpu-bench: speed ({} × {})",
+        big.batch_size, big.max_patches
+    );
     let batch_file = args.work.join("batch.safetensors");
     write_batch(&cpu_model, &big, &batch_file)?;
     let (b, t) = (big.batch_size, big.max_patches);
@@ -308,7 +313,10 @@ pub fn run(args: Args) -> Result<()> {
                 }
                 Err(e) => {
                     eprintln!("  PyTorch {dtype}: failed: {e:#}");
-                    speed.insert(format!("pytorch_{dtype}"), json!({"error": format!("{e:#}")}));
+                    speed.insert(
+                        format!("pytorch_{dtype}"),
+                        json!({"error": format!("{e:#}")}),
+                    );
                 }
             }
         }
@@ -321,7 +329,11 @@ pub fn run(args: Args) -> Result<()> {
         std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
     }
     if !failures.is_empty() {
-        bail!("{} check(s) failed: {}", failures.len(), failures.join("; "));
+        bail!(
+            "{} check(s) failed: {}",
+            failures.len(),
+            failures.join("; ")
+        );
     }
     Ok(())
 }

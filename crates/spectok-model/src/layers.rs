@@ -54,6 +54,11 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // A strided input (e.g. from `Tensor::cat` along an inner
+        // dimension) is made contiguous first: candle then runs one 2-D
+        // GEMM instead of a broadcast batched one, which CUDA's matmul
+        // cannot do on such strides.
+        let xs = &xs.contiguous()?;
         let dtype = xs.dtype();
         let weight = self.weight.to_dtype(dtype)?;
         let bias = match &self.bias {
@@ -155,9 +160,7 @@ pub const ATTENTION_CHUNK_LOGITS: usize = 1 << 26;
 /// f32 logits `q kᵀ + bias` of `(B, H, Sq, Dh)` queries over `(B, H, Sk,
 /// Dh)` keys; `bias` is `(B, 1, 1, Sk)`.
 fn attention_logits(q: &Tensor, k: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    q.matmul(&k.t()?)?
-        .to_dtype(DType::F32)?
-        .broadcast_add(bias)
+    q.matmul(&k.t()?)?.to_dtype(DType::F32)?.broadcast_add(bias)
 }
 
 /// Inference attention `softmax(q kᵀ + bias) v` with the fused last-dim
@@ -283,7 +286,9 @@ mod tests {
         let k = Tensor::randn(0f32, 1.0, (b, h, sk, dh), &dev)?;
         let v = Tensor::randn(0f32, 1.0, (b, h, sk, dh), &dev)?;
         // Second spectrum: only the first 10 keys are attendable.
-        let mask: Vec<u8> = (0..b * sk).map(|i| u8::from(i < sk || i % sk < 10)).collect();
+        let mask: Vec<u8> = (0..b * sk)
+            .map(|i| u8::from(i < sk || i % sk < 10))
+            .collect();
         let mask = Tensor::from_vec(mask, (b, 1, 1, sk), &dev)?;
         let bias = mask.where_cond(
             &Tensor::zeros((b, 1, 1, sk), DType::F32, &dev)?,
@@ -297,8 +302,10 @@ mod tests {
         }
         // Changing a masked key's value leaves the output unchanged.
         let v2 = v.clone();
-        let bump = Tensor::zeros((b, h, sk, dh), DType::F32, &dev)?
-            .slice_assign(&[1..2, 0..h, 20..21, 0..dh], &Tensor::ones((1, h, 1, dh), DType::F32, &dev)?)?;
+        let bump = Tensor::zeros((b, h, sk, dh), DType::F32, &dev)?.slice_assign(
+            &[1..2, 0..h, 20..21, 0..dh],
+            &Tensor::ones((1, h, 1, dh), DType::F32, &dev)?,
+        )?;
         let moved = attend_chunked(&q, &k, &(v2 + bump)?, &bias, 64)?;
         let diff = (&moved - &whole)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "masked key changed the output by {diff}");

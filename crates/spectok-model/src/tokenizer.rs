@@ -349,7 +349,8 @@ impl Tokenizer {
         train: bool,
     ) -> Result<Tensor> {
         let b = enc.tokens.dim(0)?;
-        let memory = Tensor::cat(&[&enc.scale_token.unsqueeze(1)?, &enc.tokens], 1)?;
+        let memory =
+            Tensor::cat(&[&enc.scale_token.unsqueeze(1)?, &enc.tokens], 1)?.contiguous()?;
         let ones = Tensor::ones((b, 1), DType::U8, &self.device)?;
         let memory_mask = Tensor::cat(&[&ones, &enc.token_mask], 1)?;
         let xs = self

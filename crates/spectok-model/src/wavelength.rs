@@ -274,11 +274,88 @@ impl WavelengthEncoding {
                 ),
             ));
         }
+        if device.is_cuda() {
+            return self.forward_tensors(grid, device, dtype);
+        }
         let f = self.features(&grid.wavelength);
         let (b, t) = (grid.batch_size, grid.n_patches);
         let pooled = Tensor::from_vec(f.pooled, (b, t, self.dim()), device)?.to_dtype(dtype)?;
         let offsets =
             Tensor::from_vec(f.offsets, (b, t, self.offsets_dim()), device)?.to_dtype(dtype)?;
+        Ok((pooled, offsets))
+    }
+
+    /// [`Self::forward`] computed with tensor ops on `device` (the path
+    /// CUDA devices take, so that only the f64 wavelengths and a presence
+    /// mask cross to the device instead of `2·(F + K·P)` features per
+    /// patch). Phases are f64, as on the host; results agree with
+    /// [`Self::features`] to f32 rounding.
+    pub fn forward_tensors(
+        &self,
+        grid: &WavelengthGrid,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, t, p) = (grid.batch_size, grid.n_patches, grid.patch_size);
+        if p != self.patch_size || grid.wavelength.len() != b * t * p {
+            return Err(Error::batch(
+                "wavelength",
+                format!(
+                    "{} values for a {b} × {t} × {p} grid",
+                    grid.wavelength.len()
+                ),
+            ));
+        }
+        // Presence exactly as `patch_features` decides it (host side, one
+        // pass); absent pixels get wavelength 0 so every value is finite.
+        let mut present = vec![0f64; b * t * p];
+        let mut w = vec![0f64; b * t * p];
+        for ((patch, m), wo) in grid
+            .wavelength
+            .chunks_exact(p)
+            .zip(present.chunks_exact_mut(p))
+            .zip(w.chunks_exact_mut(p))
+        {
+            let mut last = 0.0f64;
+            for ((&x, m), wo) in patch.iter().zip(m.iter_mut()).zip(wo.iter_mut()) {
+                if x.is_finite() && x > 0.0 && x > last {
+                    last = x;
+                    *m = 1.0;
+                    *wo = x;
+                }
+            }
+        }
+        let w = Tensor::from_vec(w, (b, t, p, 1), device)?;
+        let m = Tensor::from_vec(present, (b, t, p, 1), device)?;
+        let count = m.sum_keepdim(2)?; // (B, T, 1, 1)
+        let denom = count.clamp(1f64, f64::INFINITY)?;
+        let freqs = |periods: &[f64]| -> Result<Tensor> {
+            let f: Vec<f64> = periods.iter().map(|&q| TAU / q).collect();
+            let n = f.len();
+            Ok(Tensor::from_vec(f, (1, 1, 1, n), device)?)
+        };
+        // Absolute encoding: mean over present pixels of sin and cos.
+        let phase = w.broadcast_mul(&freqs(&self.periods)?)?; // (B, T, P, F)
+        let mean = |x: Tensor| -> Result<Tensor> {
+            Ok(x.broadcast_mul(&m)?
+                .sum(2)?
+                .broadcast_div(&denom.squeeze(3)?)?)
+        };
+        let pooled =
+            Tensor::cat(&[mean(phase.sin()?)?, mean(phase.cos()?)?], 2)?.to_dtype(dtype)?;
+        // Offsets from the present pixels' mean wavelength.
+        let centre = w.broadcast_mul(&m)?.sum_keepdim(2)?.broadcast_div(&denom)?;
+        let off = w.broadcast_sub(&centre)?.broadcast_mul(&m)?;
+        let phase = off.broadcast_mul(&freqs(&self.offset_periods)?)?; // (B, T, P, K)
+        let offsets = Tensor::cat(
+            &[
+                phase.sin()?.broadcast_mul(&m)?,
+                phase.cos()?.broadcast_mul(&m)?,
+            ],
+            3,
+        )?
+        .reshape((b, t, self.offsets_dim()))?
+        .to_dtype(dtype)?;
         Ok((pooled, offsets))
     }
 }
@@ -294,6 +371,57 @@ mod tests {
             offset_freqs: 3,
             ..Config::demo()
         })
+    }
+
+    #[test]
+    fn tensor_path_equals_the_host_features() {
+        // Default-config frequencies, P = 8; patches that are full, empty,
+        // partly padded (NaN, 0), non-monotonic and at GALAH / APOGEE /
+        // Gaia wavelengths.
+        let e = WavelengthEncoding::new(&Config {
+            patch_size: 8,
+            ..Config::paper()
+        });
+        let p = 8;
+        let mut w = Vec::new();
+        for (k, start) in [3600.0, 4718.2, 15100.7, 16990.0, 10450.0, 5500.0]
+            .into_iter()
+            .enumerate()
+        {
+            for i in 0..p {
+                let mut x = start + 0.37 * i as f64 + 0.001 * (i * i) as f64;
+                if k == 1 && i >= 5 {
+                    x = f64::NAN; // padded tail
+                }
+                if k == 2 && i == 3 {
+                    x = start - 1.0; // not increasing: absent
+                }
+                if k == 4 {
+                    x = 0.0; // empty patch
+                }
+                if k == 5 && i % 2 == 1 {
+                    x = -1.0;
+                }
+                w.push(x);
+            }
+        }
+        let grid = WavelengthGrid::new(2, 3, p, w).unwrap();
+        let dev = Device::Cpu;
+        let (a_pooled, a_off) = e.forward(&grid, &dev, DType::F32).unwrap();
+        let (b_pooled, b_off) = e.forward_tensors(&grid, &dev, DType::F32).unwrap();
+        assert_eq!(a_pooled.dims(), b_pooled.dims());
+        assert_eq!(a_off.dims(), b_off.dims());
+        for (a, b) in [(a_pooled, b_pooled), (a_off, b_off)] {
+            let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 2e-6, "host and tensor features differ by {worst}");
+            assert!(a.iter().any(|&x| x != 0.0));
+        }
     }
 
     #[test]

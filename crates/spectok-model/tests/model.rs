@@ -474,9 +474,21 @@ fn mixed_precision_trains_f32_weights_through_bf16_compute() {
     assert!((a - b).abs() <= 0.05 * a.abs(), "f32 loss {a}, mixed {b}");
     let grads = l16.backward().unwrap();
     for var in varmap.all_vars() {
-        let g = grads.get(var.as_tensor()).expect("every weight gets a gradient");
-        assert_eq!(g.dtype(), DType::F32, "gradients reach the f32 master weights");
-        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .expect("every weight gets a gradient");
+        assert_eq!(
+            g.dtype(),
+            DType::F32,
+            "gradients reach the f32 master weights"
+        );
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(norm.is_finite() && norm > 0.0, "gradient norm² {norm}");
     }
 }

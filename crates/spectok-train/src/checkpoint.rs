@@ -336,3 +336,29 @@ pub fn resolve_resume(path: &Path) -> Result<PathBuf> {
         .latest()?
         .ok_or_else(|| Error::checkpoint(path, "the run directory has no step checkpoint yet"))
 }
+
+#[cfg(test)]
+mod loss_scale_tests {
+    use super::LossScale;
+
+    #[test]
+    fn overflow_halves_good_steps_double_and_the_floor_is_an_error() {
+        let mut ls = LossScale::new();
+        assert!(ls.update(true));
+        assert_eq!(ls.scale, LossScale::INITIAL / 2.0);
+        for _ in 0..LossScale::GROWTH_INTERVAL - 1 {
+            assert!(ls.update(false));
+        }
+        assert_eq!(ls.scale, LossScale::INITIAL / 2.0);
+        assert!(ls.update(false));
+        assert_eq!(ls.scale, LossScale::INITIAL);
+        assert_eq!(ls.good_steps, 0);
+        let mut ls = LossScale {
+            scale: 2.0,
+            good_steps: 5,
+        };
+        assert!(ls.update(true));
+        assert_eq!(ls.scale, LossScale::MIN);
+        assert!(!ls.update(true), "no scale left below the floor");
+    }
+}

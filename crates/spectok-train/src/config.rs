@@ -155,8 +155,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N` (default `cpu`).
     pub device: String,
-    /// Weight dtype: `f32` (default; the optimiser keeps no separate
-    /// master copy, so lower precision loses small updates), `bf16`, `f16`.
+    /// Compute dtype: `f32` (default), or `bf16` / `f16` for mixed
+    /// precision — weights, gradients and AdamW state stay f32 (master
+    /// weights, saved as f32) while matmuls run in the lower precision;
+    /// `f16` adds dynamic loss scaling (its state is checkpointed).
     pub dtype: String,
     /// Run directory: config, metrics, checkpoints, plots (default
     /// `runs/pretrain`).

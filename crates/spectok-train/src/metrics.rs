@@ -37,6 +37,10 @@ pub enum Record {
         steps: u64,
         lr: f64,
         grad_norm: f64,
+        /// Steps skipped for a gradient overflow (f16 loss scaling); the
+        /// gradient norm averages the others.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        skipped: u64,
         spectra_per_s: f64,
         tokens_per_s: f64,
         elapsed_s: f64,
@@ -49,6 +53,10 @@ pub enum Record {
         spectra: BTreeMap<String, usize>,
         best: bool,
     },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Record {

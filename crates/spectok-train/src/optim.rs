@@ -156,7 +156,12 @@ impl AdamW {
     /// Like [`Self::step`] for gradients of a loss multiplied by
     /// `1 / grad_scale` (loss scaling): every gradient is multiplied by
     /// `grad_scale` before norm, clipping and update.
-    pub fn step_scaled(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<StepStats> {
+    pub fn step_scaled(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<StepStats> {
         let grad_norm = self.grad_norm(grads)? * grad_scale;
         if !grad_norm.is_finite() {
             return Ok(StepStats {

@@ -258,8 +258,7 @@ impl Trainer {
                 (model, varmap, state)
             }
             None => {
-                let (model, varmap) =
-                    Tokenizer::init(&cfg.model, &device, DType::F32, cfg.seed)?;
+                let (model, varmap) = Tokenizer::init(&cfg.model, &device, DType::F32, cfg.seed)?;
                 let state = TrainState {
                     step: 0,
                     seed: cfg.seed,
@@ -451,6 +450,8 @@ impl Trainer {
         let mut told = std::collections::HashSet::new();
         let (mut ema_spectra, mut ema_tokens) = (None::<f64>, None::<f64>);
         let (mut window_sum, mut window_n, mut window_norm) = (0f64, 0u64, 0f64);
+        // Steps of the window skipped for an f16 gradient overflow.
+        let mut window_skipped = 0u64;
         let mut outcome = Outcome::Finished;
         let mut t_prev = Instant::now();
 
@@ -535,7 +536,11 @@ impl Trainer {
             observer.on_step(&ev);
             window_sum += loss;
             window_n += 1;
-            window_norm += stats.grad_norm;
+            if stats.applied {
+                window_norm += stats.grad_norm;
+            } else {
+                window_skipped += 1;
+            }
 
             let last = step == self.cfg.steps;
             if step.checked_rem(self.cfg.log_interval) == Some(0) || last {
@@ -545,12 +550,13 @@ impl Trainer {
                     last_loss: loss,
                     steps: window_n,
                     lr,
-                    grad_norm: window_norm / window_n as f64,
+                    grad_norm: window_norm / (window_n - window_skipped).max(1) as f64,
+                    skipped: window_skipped,
                     spectra_per_s: ev.spectra_per_s,
                     tokens_per_s: ev.tokens_per_s,
                     elapsed_s: ev.elapsed_s,
                 })?;
-                (window_sum, window_n, window_norm) = (0.0, 0, 0.0);
+                (window_sum, window_n, window_norm, window_skipped) = (0.0, 0, 0.0, 0);
                 // The loader repeats a source's problems every pass; tell
                 // each one once.
                 let problems = loader.stats().problems;

@@ -284,3 +284,56 @@ fn short_run_on_the_real_surveys_validates_per_survey() {
         assert!(ex.valid.iter().any(|v| *v));
     }
 }
+
+#[test]
+fn mixed_precision_keeps_f32_master_weights_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let no_stop = AtomicBool::new(false);
+    for dtype in ["bf16", "f16"] {
+        let cfg = |dir: &Path| TrainConfig {
+            dtype: dtype.into(),
+            ..tiny_config(dir)
+        };
+        let straight_dir = tmp.path().join(format!("{dtype}-straight"));
+        let mut straight = Recorder::default();
+        let mut t = Trainer::with_sources(cfg(&straight_dir), synthetic_sources(), None).unwrap();
+        t.run(&mut straight, &no_stop).unwrap();
+        let losses: Vec<f64> = straight.steps.iter().map(|e| e.loss).collect();
+        assert!(losses.iter().all(|l| l.is_finite()), "{dtype}: {losses:?}");
+
+        // Checkpoints hold f32 master weights whatever the compute dtype.
+        let ckpt = straight_dir.join("checkpoints/step-000000008");
+        let w = candle_core::safetensors::load(
+            ckpt.join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        assert!(w.values().all(|t| t.dtype() == candle_core::DType::F32));
+        // f16 keeps a dynamic loss scale in the run state; bf16 needs none.
+        let state = TrainState::read(&ckpt).unwrap();
+        match dtype {
+            "f16" => {
+                let ls = state.loss_scale.expect("f16 records its loss scale");
+                assert!(ls.scale >= 1.0 && ls.scale <= 65536.0, "{ls:?}");
+            }
+            _ => assert!(state.loss_scale.is_none()),
+        }
+
+        // Stop at 4, resume: the same losses bit for bit.
+        let split_dir = tmp.path().join(format!("{dtype}-split"));
+        let mut first = Recorder {
+            stop_after: Some(4),
+            ..Recorder::default()
+        };
+        let stop = Arc::clone(&first.stop);
+        let mut t = Trainer::with_sources(cfg(&split_dir), synthetic_sources(), None).unwrap();
+        t.run(&mut first, &stop).unwrap();
+        let mut second = Recorder::default();
+        let mut t =
+            Trainer::with_sources(cfg(&split_dir), synthetic_sources(), Some(&split_dir)).unwrap();
+        t.run(&mut second, &no_stop).unwrap();
+        let mut resumed = first.steps.clone();
+        resumed.extend(second.steps.iter().cloned());
+        assert_eq!(bits(&straight.steps), bits(&resumed), "{dtype}");
+    }
+}

@@ -17,7 +17,7 @@
 //! gives one value per parameter (mean squared error over the known
 //! values).
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use spectok_model::layers::{linear, LayerNorm, Linear, MASK_LOGIT};
@@ -184,7 +184,13 @@ impl Head {
                 let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * (-(MASK_LOGIT as f64)))?
                     .reshape((b, 1, 1, t))?;
                 let scores = scores.broadcast_add(&bias)?;
-                let attn = candle_nn::ops::softmax_last_dim(&scores)?;
+                // The fused softmax has no backward pass: training takes
+                // the differentiable composite.
+                let attn = if train {
+                    candle_nn::ops::softmax(&scores, D::Minus1)?
+                } else {
+                    candle_nn::ops::softmax_last_dim(&scores)?
+                };
                 let pooled = attn.matmul(&v)?; // (B, H, Q, dh)
                 let pooled = pooled.transpose(1, 2)?.contiguous()?.reshape((b, q * d))?;
                 let y = Tensor::cat(&[&norm_out.forward(&pooled)?, pooled_in], 1)?;
@@ -250,5 +256,40 @@ pub fn loss(task: Task, y: &Tensor, target: &Tensor, known: Option<&Tensor>) -> 
                 None => Ok(d2.mean_all()?),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn every_attentive_head_parameter_gets_a_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let cfg = HeadConfig {
+            dropout: 0.0,
+            ..HeadConfig::default()
+        };
+        let (b, t, d) = (3, 5, 8);
+        let head = Head::new(&cfg, d, 2, vb)?;
+        let x = Tensor::randn(0f32, 1.0, (b, t, d), &dev)?;
+        let mask: Vec<u8> = (0..b * t)
+            .map(|i| u8::from(i % t < 3 + i / t % 2))
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, t), &dev)?;
+        let pooled = Tensor::randn(0f32, 1.0, (b, d), &dev)?;
+        let y = head.forward(&HeadInput::Tokens(x, mask, pooled), true)?;
+        let grads = y.sqr()?.sum_all()?.backward()?;
+        for (name, var) in varmap.data().lock().expect("varmap").iter() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name} gets no gradient"));
+            let norm = g.sqr()?.sum_all()?.to_scalar::<f32>()?;
+            assert!(norm > 0.0 && norm.is_finite(), "{name}: |g|² = {norm}");
+        }
+        Ok(())
     }
 }
