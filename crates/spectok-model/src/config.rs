@@ -273,8 +273,9 @@ impl Config {
 /// `s` on one line: control characters (newline, tab, escape, …) and the
 /// Unicode line and paragraph separators are escaped as in a Rust string
 /// literal (`\n`, `\u{1b}`), so a field name or value quoted from the
-/// config text cannot break an error message.
-fn one_line(s: &str) -> String {
+/// config text cannot break an error message. The config parsers of the
+/// crates to the right use it too.
+pub fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {

@@ -448,21 +448,7 @@ fn check_device_name(name: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// `s` on one line: control characters (newline, tab, escape, …) and the
-/// Unicode line and paragraph separators are escaped as in a Rust string
-/// literal (`\n`, `\u{1b}`), so text quoted from a config file (an
-/// unknown field's name, a bad value) cannot break an error message.
-pub(crate) fn one_line(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub(crate) use spectok_model::config::one_line;
 
 /// A value from the config in backquotes, escaped as in a Rust string
 /// literal.
