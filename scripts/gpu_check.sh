@@ -144,7 +144,8 @@ if [ "$(left)" -gt 200 ]; then
   echo "pretrain exit $? (124: stopped at its time limit by Ctrl-C, after a checkpoint)"
   cp runs/mock-gpu/metrics.jsonl runs/mock-gpu/config.json "$out/results/" 2>/dev/null
   step "embed the mock survey on the GPU ($(left) s left)"
-  run "embed mock" 90 "${SPECTOK[@]}" embed target/mock20k/shards --checkpoint runs/mock-gpu \
+  t_emb=$(( $(left) - 100 )); [ "$t_emb" -lt 60 ] && t_emb=60
+  run "embed mock" "$t_emb" "${SPECTOK[@]}" embed target/mock20k/shards --checkpoint runs/mock-gpu \
     --device "$dev" --dtype bf16 --tokens -o target/mock20k-emb.h5 --force
   rm -rf runs/heads
   for task in class redshift stellar; do

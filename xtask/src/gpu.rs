@@ -56,6 +56,10 @@ pub struct Args {
     /// Survey files to batch (any layout `spectok inspect` reads).
     #[arg(long, default_value = "data/demo")]
     data: PathBuf,
+    /// Timed repetitions of the PyTorch reference (its host-side input
+    /// preparation makes each call slow).
+    #[arg(long, default_value_t = 3)]
+    torch_reps: usize,
     /// Python with torch and safetensors for the reference; `none` skips.
     #[arg(long, default_value = "python3")]
     python: String,
@@ -280,9 +284,9 @@ pub fn run(args: Args) -> Result<()> {
                     ckpt.as_os_str(),
                     batch_file.as_os_str(),
                     "--reps".as_ref(),
-                    args.reps.to_string().as_ref(),
+                    args.torch_reps.to_string().as_ref(),
                     "--warmup".as_ref(),
-                    "2".as_ref(),
+                    "1".as_ref(),
                     "--device".as_ref(),
                     torch_device.as_ref(),
                     "--dtype".as_ref(),
