@@ -5,6 +5,7 @@
 //! Readers use only this module to touch FITS files, so a cfitsio status
 //! never escapes without a location.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -86,6 +87,40 @@ impl HduDesc {
 pub struct Fits {
     file: FitsFile,
     path: PathBuf,
+    /// Per-HDU results of header parsing, kept because the file is only
+    /// read: describing a wide table (SDSS `SPECOBJ` has ~200 columns)
+    /// dominated the reading of a small file when every column access
+    /// parsed the header again.
+    cache: HduCache,
+}
+
+/// What [`Fits`] has learnt of each HDU's header.
+#[derive(Default)]
+struct HduCache {
+    /// `var_column_table` per HDU.
+    var_tables: HashMap<usize, Option<HduDesc>>,
+    /// `fitsio`'s description per HDU.
+    infos: HashMap<usize, HduInfo>,
+    /// `describe` per HDU.
+    descs: HashMap<usize, HduDesc>,
+}
+
+/// A copy of `fitsio`'s HDU description (which is not `Clone`).
+fn copy_info(info: &HduInfo) -> HduInfo {
+    match info {
+        HduInfo::ImageInfo { shape, image_type } => HduInfo::ImageInfo {
+            shape: shape.clone(),
+            image_type: *image_type,
+        },
+        HduInfo::TableInfo {
+            column_descriptions,
+            num_rows,
+        } => HduInfo::TableInfo {
+            column_descriptions: column_descriptions.clone(),
+            num_rows: *num_rows,
+        },
+        HduInfo::AnyInfo => HduInfo::AnyInfo,
+    }
 }
 
 fn bitpix_of(t: &ImageType) -> i32 {
@@ -112,6 +147,7 @@ impl Fits {
         let mut fits = Fits {
             file,
             path: path.to_path_buf(),
+            cache: HduCache::default(),
         };
         fits.check_complete()?;
         Ok(fits)
@@ -135,11 +171,39 @@ impl Fits {
         })
     }
 
+    /// HDU `index`, made the current HDU.
     fn hdu(&mut self, index: usize) -> Result<FitsHdu> {
         self.refuse_var_columns(index)?;
-        self.file
+        if let Some(info) = self.cache.infos.get(&index) {
+            let info = copy_info(info);
+            self.move_to(index)?;
+            return Ok(FitsHdu {
+                info,
+                number: index,
+            });
+        }
+        let hdu = self
+            .file
             .hdu(index)
-            .map_err(|e| Error::bad(self.loc(index), format!("cannot move to HDU: {}", msg(&e))))
+            .map_err(|e| Error::bad(self.loc(index), format!("cannot move to HDU: {}", msg(&e))))?;
+        self.cache.infos.insert(index, copy_info(&hdu.info));
+        Ok(hdu)
+    }
+
+    /// Makes HDU `index` the current one.
+    fn move_to(&mut self, index: usize) -> Result<()> {
+        let hdunum = std::os::raw::c_int::try_from(index + 1)
+            .map_err(|_| Error::bad(self.loc(index), "HDU number out of range"))?;
+        let (mut kind, mut status) = (0, 0);
+        // SAFETY: the handle is open and both out-pointers are live locals.
+        unsafe { fitsio::sys::ffmahd(self.file.as_raw(), hdunum, &mut kind, &mut status) };
+        if status != 0 {
+            return Err(Error::bad(
+                self.loc(index),
+                format!("cannot move to HDU: {}", status_text(status)),
+            ));
+        }
+        Ok(())
     }
 
     /// Index of the HDU whose `EXTNAME` is `name` (case-insensitive).
@@ -161,6 +225,15 @@ impl Fits {
 
     /// Describes HDU `index`.
     pub fn describe(&mut self, index: usize) -> Result<HduDesc> {
+        if let Some(d) = self.cache.descs.get(&index) {
+            return Ok(d.clone());
+        }
+        let d = self.describe_uncached(index)?;
+        self.cache.descs.insert(index, d.clone());
+        Ok(d)
+    }
+
+    fn describe_uncached(&mut self, index: usize) -> Result<HduDesc> {
         if let Some(d) = self.var_column_table(index)? {
             return Ok(d);
         }
@@ -674,6 +747,17 @@ impl Fits {
     /// coefficient tables), which `fitsio` cannot describe (it panics);
     /// `None` for every other HDU. Moves to the HDU.
     fn var_column_table(&mut self, index: usize) -> Result<Option<HduDesc>> {
+        if let Some(d) = self.cache.var_tables.get(&index) {
+            let d = d.clone();
+            self.move_to(index)?;
+            return Ok(d);
+        }
+        let d = self.var_column_table_uncached(index)?;
+        self.cache.var_tables.insert(index, d.clone());
+        Ok(d)
+    }
+
+    fn var_column_table_uncached(&mut self, index: usize) -> Result<Option<HduDesc>> {
         use fitsio::sys;
         use std::os::raw::{c_char, c_int};
         let hdunum = c_int::try_from(index + 1)
