@@ -51,6 +51,10 @@ if ! command -v nvcc >/dev/null 2>&1 && [ -z "${CUDA_ROOT:-}" ]; then
   export CUDA_ROOT="$root" PATH="$root/bin:$PATH"
 fi
 
+if [ -n "${GPU_BUILD_TOOLKIT_ONLY:-}" ]; then  # set up the toolkit and stop
+  nvcc --version | tail -2
+  exit 0
+fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cuda}"
 cargo build --release --features cuda -p spectok-cli -p xtask
 rm -rf gpu-build && mkdir -p gpu-build/tests gpu-build/lib
