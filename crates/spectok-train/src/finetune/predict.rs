@@ -192,7 +192,7 @@ fn value_cells(meta: &HeadMeta, p: &Prediction) -> Vec<String> {
 /// Writes predictions as CSV (`.csv`), JSON (`.json`, an array of
 /// objects) or HDF5 (`.h5`/`.hdf5`, [`spectok_io::predictions`]):
 /// object_id, survey, source and the task's columns (redshift: z, z_err;
-/// class: class and p_<name> per class, in HDF5 a `probabilities` matrix
+/// class: class and `p_<name>` per class, in HDF5 a `probabilities` matrix
 /// with the names in `classes`; stellar: one column per parameter). An
 /// HDF5 file written here records the checkpoint of `head.json` and no
 /// head directory; [`write_predictions_from`] records both.
