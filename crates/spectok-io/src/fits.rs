@@ -1033,13 +1033,23 @@ fn check_compression(path: &Path) -> Result<()> {
                 "compressed with a method spectok does not read (only gzip is)".into(),
             ))
         }
-        _ => return Ok(()),
+        _ => {
+            file.seek(SeekFrom::Start(0)).map_err(os)?;
+            return scan_cards(std::io::BufReader::new(file), path)
+                .map(|_| ())
+                .map_err(|e| match e {
+                    CardScan::Io(e) => os(e),
+                    CardScan::Bad(e) => e,
+                });
+        }
     }
     file.seek(SeekFrom::Start(0)).map_err(os)?;
     let mut decoder =
         flate2::read::GzDecoder::new(std::io::BufReader::new(&mut file)).take(MAX_GZIP_BYTES + 1);
-    let size = std::io::copy(&mut decoder, &mut std::io::sink())
-        .map_err(|e| bad(format!("corrupt gzip data: {e}")))?;
+    let size = scan_cards(&mut decoder, path).map_err(|e| match e {
+        CardScan::Io(e) => bad(format!("corrupt gzip data: {e}")),
+        CardScan::Bad(e) => e,
+    })?;
     if size > MAX_GZIP_BYTES {
         return Err(bad(format!(
             "gzip data decompresses to more than {MAX_GZIP_BYTES} bytes"
@@ -1061,4 +1071,118 @@ fn check_compression(path: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Table keywords whose string values cfitsio copies into fixed-size
+/// buffers when it parses a table header.
+const STRING_TABLE_KEYS: [&str; 5] = ["TTYPE", "TFORM", "TUNIT", "TDISP", "TDIM"];
+
+/// Why [`scan_cards`] stopped.
+enum CardScan {
+    Io(std::io::Error),
+    Bad(Error),
+}
+
+/// Reads `reader` to its end as 80-byte cards (header cards start at
+/// multiples of 80 bytes) and refuses a file with a string-valued table
+/// keyword (`TTYPEn`, `TFORMn`, `TUNITn`, `TDISPn`, `TDIMn`) whose value
+/// is not a quoted string: cfitsio copies such a value — up to 70
+/// characters — into a 70-byte buffer without room for its terminator (a
+/// heap overflow found by fuzzing). Returns the number of bytes read.
+fn scan_cards(mut reader: impl std::io::Read, path: &Path) -> std::result::Result<u64, CardScan> {
+    let mut buf = vec![0u8; 2880 * 16];
+    let (mut total, mut filled) = (0u64, 0usize);
+    loop {
+        let n = reader.read(&mut buf[filled..]).map_err(CardScan::Io)?;
+        filled += n;
+        let whole = filled - filled % 80;
+        for (i, card) in buf[..whole].chunks_exact(80).enumerate() {
+            if let Some(key) = unquoted_string_key(card) {
+                let offset = total + (i * 80) as u64;
+                return Err(CardScan::Bad(Error::bad(
+                    Location::file(path).field(key),
+                    format!("header card at byte {offset}: string value is not quoted"),
+                )));
+            }
+        }
+        total += whole as u64;
+        buf.copy_within(whole..filled, 0);
+        filled -= whole;
+        if n == 0 {
+            return Ok(total + filled as u64);
+        }
+    }
+}
+
+/// The keyword of `card` when it is one of [`STRING_TABLE_KEYS`] with an
+/// index and a value that does not start with a quote.
+fn unquoted_string_key(card: &[u8]) -> Option<String> {
+    let key = std::str::from_utf8(&card[..8]).ok()?.trim_end();
+    let stem = STRING_TABLE_KEYS.iter().find(|k| key.starts_with(*k))?;
+    let index = &key[stem.len()..];
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) || &card[8..10] != b"= " {
+        return None;
+    }
+    let value = card[10..].iter().find(|&&b| b != b' ');
+    matches!(value, Some(&b) if b != b'\'').then(|| key.to_string())
+}
+
+#[cfg(test)]
+mod card_tests {
+    use super::*;
+
+    fn card(text: &str) -> Vec<u8> {
+        format!("{text:<80}").into_bytes()
+    }
+
+    #[test]
+    fn unquoted_string_table_values_are_refused_before_cfitsio() {
+        assert_eq!(
+            unquoted_string_key(&card(&format!("TTYPE3  = {}", "x".repeat(70)))),
+            Some("TTYPE3".into())
+        );
+        assert_eq!(
+            unquoted_string_key(&card("TFORM12 = 1E")),
+            Some("TFORM12".into())
+        );
+        for ok in [
+            "TTYPE3  = 'FLUX    '           / label for field   3",
+            "TUNIT1  = ''",
+            "TDISP2  =",
+            "TSCAL1  = 1.0",
+            "TTYPES  = abc",
+            "TTYPE1  'not a value'",
+            "COMMENT TTYPE1  = abc",
+        ] {
+            assert_eq!(unquoted_string_key(&card(ok)), None, "{ok}");
+        }
+        // A whole file: the offending card is named with its byte offset.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.fits");
+        let mut bytes = Vec::new();
+        for c in ["SIMPLE  = T", "BITPIX  = 8", "NAXIS   = 0", "END"] {
+            bytes.extend(card(c));
+        }
+        bytes.resize(2880, b' ');
+        for c in [
+            "XTENSION= 'BINTABLE'",
+            "BITPIX  = 8",
+            "NAXIS   = 2",
+            "NAXIS1  = 4",
+            "NAXIS2  = 0",
+            "PCOUNT  = 0",
+            "GCOUNT  = 1",
+            "TFIELDS = 1",
+            "TTYPE1  = FLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFL",
+            "TFORM1  = '1E      '",
+            "END",
+        ] {
+            bytes.extend(card(c));
+        }
+        bytes.resize(5760, b' ');
+        std::fs::write(&path, &bytes).unwrap();
+        let msg = Fits::open(&path).err().expect("refused").to_string();
+        assert!(msg.contains("TTYPE1") && msg.contains("byte 3520"), "{msg}");
+        assert!(!msg.contains('\n'));
+    }
 }
