@@ -275,7 +275,11 @@ impl WavelengthEncoding {
             ));
         }
         if device.is_cuda() {
-            return self.forward_tensors(grid, device, dtype);
+            // Same values either way; should a device lack one of the f64
+            // kernels the tensor path needs, the host path still serves.
+            if let Ok(features) = self.forward_tensors(grid, device, dtype) {
+                return Ok(features);
+            }
         }
         let f = self.features(&grid.wavelength);
         let (b, t) = (grid.batch_size, grid.n_patches);
