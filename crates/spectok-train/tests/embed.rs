@@ -4,14 +4,15 @@
 //! a single run, the file reads back (also from h5py), reconstructions land
 //! on the requested grids.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use candle_core::Device;
-use spectok_data::{BatchSize, PrepareConfig};
+use spectok_data::PrepareConfig;
 use spectok_io::embeddings::{
     merge, EmbeddingRecord, EmbeddingsFile, Failure, FailureStage, ReconstructionFile, ShardPart,
 };
@@ -21,7 +22,6 @@ use spectok_train::embed::{
     embed, reconstruct, resolve_checkpoint, sha256_file, EmbedModel, EmbedObserver, EmbedOptions,
     EmbedProgress, EmbedStart, NativeGrid, Target, GRID_SURVEYS,
 };
-use spectok_train::{DataConfig, OptimConfig, ScheduleConfig, SourceConfig, TrainConfig, Trainer};
 
 /// HDF5 opens files without close-on-exec and locks them: a child process
 /// (python) started while another test writes a file would inherit the
@@ -42,64 +42,22 @@ fn exclusive() -> RwLockWriteGuard<'static, ()> {
 fn run_dir(real: &Path) -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spectok-train-embed-run");
-        let _ = std::fs::remove_dir_all(&dir);
-        let sources = ["sdss", "apogee", "galah"]
-            .iter()
-            .map(|s| SourceConfig {
-                name: s.to_string(),
-                paths: vec![real.join(s).display().to_string()],
-                weight: 1.0,
-                format: None,
-            })
-            .collect();
-        let cfg = TrainConfig {
-            model: spectok_model::Config {
-                patch_size: 16,
-                d_model: 16,
-                encoder_layers: 1,
-                decoder_layers: 1,
-                heads: 2,
-                mlp_ratio: 2.0,
-                wavelength_freqs: 8,
-                offset_freqs: 2,
-                ..spectok_model::Config::paper()
-            },
-            data: DataConfig {
-                sources,
-                // A non-default preparation setting, to check that
-                // embedding uses the run's own.
-                prepare: PrepareConfig {
-                    patch_size: 16,
-                    gap_factor: 4.0,
-                    ..PrepareConfig::default()
-                },
-                val_fraction: 0.2,
-                val_max_spectra: 4,
-                eval_batch_size: 4,
-                pool_size: 16,
-                ..DataConfig::default()
-            },
-            batch: BatchSize::Fixed { spectra: 4 },
-            optim: OptimConfig {
-                lr: 3e-3,
-                ..OptimConfig::default()
-            },
-            schedule: ScheduleConfig {
-                warmup_steps: 1,
-                ..ScheduleConfig::default()
-            },
-            steps: 3,
-            eval_interval: 3,
-            checkpoint_interval: 3,
-            log_interval: 1,
-            seed: 11,
-            out_dir: dir.clone(),
-            ..TrainConfig::default()
+        // A non-default preparation setting, to check that embedding uses
+        // the run's own.
+        let prepare = PrepareConfig {
+            patch_size: 16,
+            gap_factor: 4.0,
+            ..PrepareConfig::default()
         };
-        let mut t = Trainer::new(cfg, None).expect("trainer");
-        t.run(&mut (), &AtomicBool::new(false)).expect("training");
-        dir
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spectok-train-embed-run");
+        common::train(common::tiny_config(
+            real,
+            &["sdss", "apogee", "galah"],
+            prepare,
+            3,
+            11,
+            &out,
+        ))
     })
 }
 

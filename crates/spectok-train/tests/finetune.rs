@@ -3,14 +3,15 @@
 //! the committed mock survey (data/demo) with a tiny tokenizer trained
 //! here.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
 
 use candle_core::Device;
 use candle_nn::VarMap;
-use spectok_data::{BatchSize, PrepareConfig};
+use spectok_data::PrepareConfig;
 use spectok_train::embed::{EmbedModel, EmbedOptions};
 use spectok_train::finetune::baselines::{cholesky_solve, Knn, Pca, Ridge};
 use spectok_train::finetune::data::pool_tokens;
@@ -23,7 +24,7 @@ use spectok_train::finetune::{
     TaskMetrics, HEAD_META, HEAD_WEIGHTS, METRICS_JSON, TEST_PREDICTIONS,
 };
 use spectok_train::finetune::{cached_hidden_states, embed_hidden, load_checkpoint_tail, Sample};
-use spectok_train::{DataConfig, OptimConfig, ScheduleConfig, SourceConfig, TrainConfig, Trainer};
+use spectok_train::TrainConfig;
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol
@@ -195,61 +196,19 @@ fn demo_dir() -> PathBuf {
 fn run_dir() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spectok-train-finetune-run");
-        let _ = std::fs::remove_dir_all(&dir);
-        let sources = ["sdss", "desi", "apogee"]
-            .iter()
-            .map(|s| SourceConfig {
-                name: s.to_string(),
-                paths: vec![demo_dir().join(s).display().to_string()],
-                weight: 1.0,
-                format: None,
-            })
-            .collect();
-        let cfg = TrainConfig {
-            model: spectok_model::Config {
-                patch_size: 32,
-                d_model: 16,
-                encoder_layers: 1,
-                decoder_layers: 1,
-                heads: 2,
-                mlp_ratio: 2.0,
-                wavelength_freqs: 8,
-                offset_freqs: 2,
-                ..spectok_model::Config::paper()
-            },
-            data: DataConfig {
-                sources,
-                prepare: PrepareConfig {
-                    patch_size: 32,
-                    ..PrepareConfig::default()
-                },
-                val_fraction: 0.2,
-                val_max_spectra: 4,
-                eval_batch_size: 4,
-                pool_size: 16,
-                ..DataConfig::default()
-            },
-            batch: BatchSize::Fixed { spectra: 4 },
-            optim: OptimConfig {
-                lr: 3e-3,
-                ..OptimConfig::default()
-            },
-            schedule: ScheduleConfig {
-                warmup_steps: 1,
-                ..ScheduleConfig::default()
-            },
-            steps: 2,
-            eval_interval: 2,
-            checkpoint_interval: 2,
-            log_interval: 1,
-            seed: 3,
-            out_dir: dir.clone(),
-            ..TrainConfig::default()
+        let prepare = PrepareConfig {
+            patch_size: 32,
+            ..PrepareConfig::default()
         };
-        let mut t = Trainer::new(cfg, None).expect("trainer");
-        t.run(&mut (), &AtomicBool::new(false)).expect("training");
-        dir
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spectok-train-finetune-run");
+        common::train(common::tiny_config(
+            &demo_dir(),
+            &["sdss", "desi", "apogee"],
+            prepare,
+            2,
+            3,
+            &out,
+        ))
     })
 }
 
@@ -405,16 +364,12 @@ fn heads_train_score_save_and_predict_on_the_demo_mocks() {
 fn run_dir_two_blocks() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spectok-train-finetune-run2");
-        let _ = std::fs::remove_dir_all(&dir);
         let mut cfg =
             TrainConfig::from_file(&run_dir().join(spectok_train::trainer::RUN_CONFIG_FILE))
                 .expect("run config");
         cfg.model.encoder_layers = 2;
-        cfg.out_dir = dir.clone();
-        let mut t = Trainer::new(cfg, None).expect("trainer");
-        t.run(&mut (), &AtomicBool::new(false)).expect("training");
-        dir
+        cfg.out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spectok-train-finetune-run2");
+        common::train(cfg)
     })
 }
 
