@@ -29,8 +29,10 @@ fn demo_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/demo")
 }
 
-fn train_tiny(dir: &Path) {
-    let sources = ["sdss", "desi", "galah"]
+/// A tiny tokenizer (width 16, 1+1 layers, P 32) trained for `steps`
+/// steps on the demo mocks of `surveys`, into `dir`.
+fn train_tiny_on(dir: &Path, surveys: &[&str], steps: u64, seed: u64) {
+    let sources = surveys
         .iter()
         .map(|s| SourceConfig {
             name: s.to_string(),
@@ -72,16 +74,20 @@ fn train_tiny(dir: &Path) {
             warmup_steps: 1,
             ..ScheduleConfig::default()
         },
-        steps: 2,
-        eval_interval: 2,
-        checkpoint_interval: 2,
+        steps,
+        eval_interval: steps,
+        checkpoint_interval: steps,
         log_interval: 1,
-        seed: 5,
+        seed,
         out_dir: dir.to_path_buf(),
         ..TrainConfig::default()
     };
     let mut t = Trainer::new(cfg, None).expect("trainer");
     t.run(&mut (), &AtomicBool::new(false)).expect("training");
+}
+
+fn train_tiny(dir: &Path) {
+    train_tiny_on(dir, &["sdss", "desi", "galah"], 2, 5);
 }
 
 #[test]
@@ -378,47 +384,7 @@ fn csv_rows(body: &str) -> Vec<Vec<String>> {
 
 /// A second tokenizer (another seed), whose weights differ.
 fn train_tiny_other(dir: &Path) {
-    let sources = vec![SourceConfig {
-        name: "sdss".into(),
-        paths: vec![demo_dir().join("sdss").display().to_string()],
-        weight: 1.0,
-        format: None,
-    }];
-    let cfg = TrainConfig {
-        model: spectok_model::Config {
-            patch_size: 32,
-            d_model: 16,
-            encoder_layers: 1,
-            decoder_layers: 1,
-            heads: 2,
-            mlp_ratio: 2.0,
-            wavelength_freqs: 8,
-            offset_freqs: 2,
-            ..spectok_model::Config::paper()
-        },
-        data: DataConfig {
-            sources,
-            prepare: PrepareConfig {
-                patch_size: 32,
-                ..PrepareConfig::default()
-            },
-            val_fraction: 0.2,
-            val_max_spectra: 2,
-            eval_batch_size: 2,
-            pool_size: 8,
-            ..DataConfig::default()
-        },
-        batch: BatchSize::Fixed { spectra: 2 },
-        steps: 1,
-        eval_interval: 1,
-        checkpoint_interval: 1,
-        log_interval: 1,
-        seed: 99,
-        out_dir: dir.to_path_buf(),
-        ..TrainConfig::default()
-    };
-    let mut t = Trainer::new(cfg, None).expect("trainer");
-    t.run(&mut (), &AtomicBool::new(false)).expect("training");
+    train_tiny_on(dir, &["sdss"], 1, 99);
 }
 
 #[test]
