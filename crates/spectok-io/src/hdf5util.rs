@@ -1,6 +1,7 @@
 //! HDF5 helpers shared by the MMU reader and the shard format, and HDF5
 //! layout detection.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{Error, Location, Result};
@@ -9,15 +10,19 @@ use crate::format::Format;
 /// Attribute that marks a spectok shard (value: format version).
 pub const SHARD_MARKER: &str = "spectok_shard_version";
 
-/// Opens an HDF5 file read-only with an error naming it.
+/// Opens an HDF5 file read-only with an error naming it, after checking
+/// its global heaps and the variable-length strings that point into them
+/// (see [`check_global_heaps`] and [`check_strings`]).
 pub fn open(path: &Path) -> Result<hdf5::File> {
-    check_global_heaps(path)?;
-    hdf5::File::open(path).map_err(|e| {
+    let heaps = check_global_heaps(path)?;
+    let file = hdf5::File::open(path).map_err(|e| {
         Error::bad(
             Location::file(path),
             format!("cannot open as HDF5: {}", one_line(&e)),
         )
-    })
+    })?;
+    check_strings(path, &file, heaps.as_ref())?;
+    Ok(file)
 }
 
 /// Detects the layout of an HDF5 file.
@@ -49,8 +54,38 @@ pub fn one_line(e: &hdf5::Error) -> String {
 /// strings live).
 const GCOL: &[u8; 4] = b"GCOL";
 
+/// The global heap objects of a file, as found by [`check_global_heaps`].
+#[derive(Debug, Default)]
+pub struct GlobalHeaps {
+    /// Byte offset of the superblock; file addresses count from here.
+    base: u64,
+    /// Bytes in a file address (the superblock's "size of offsets").
+    offset_size: usize,
+    /// Object sizes by collection start (file offset) and object index.
+    objects: HashMap<u64, HashMap<u16, u64>>,
+}
+
+/// Finds the superblock: at byte 0, or after a user block at 512, 1024,
+/// 2048, … bytes. Returns its offset and its first 16 bytes.
+fn find_superblock(file: &mut std::fs::File, len: u64) -> std::io::Result<Option<(u64, [u8; 16])>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut at = 0u64;
+    while at + 16 <= len {
+        let mut sb = [0u8; 16];
+        file.seek(SeekFrom::Start(at))?;
+        file.read_exact(&mut sb)?;
+        if &sb[..8] == b"\x89HDF\r\n\x1a\n" {
+            return Ok(Some((at, sb)));
+        }
+        at = if at == 0 { 512 } else { at * 2 };
+    }
+    Ok(None)
+}
+
 /// Checks every global heap collection of the HDF5 file at `path` the way
-/// the HDF5 library walks it, before the library does.
+/// the HDF5 library walks it, before the library does, and returns the
+/// objects found (`None` when the file's superblock is not where this
+/// check looks or uses lengths other than 8 bytes).
 ///
 /// The HDF5 library (1.10 at least) trusts the object sizes inside a
 /// collection: an object claiming more bytes than its collection holds
@@ -63,7 +98,7 @@ const GCOL: &[u8; 4] = b"GCOL";
 /// file is scanned; 8 fixed bytes make a false match in other data
 /// practically impossible. Other corruptions are left to the library,
 /// which reports most of them as errors.
-pub fn check_global_heaps(path: &Path) -> Result<()> {
+pub fn check_global_heaps(path: &Path) -> Result<Option<GlobalHeaps>> {
     use std::io::{Read, Seek, SeekFrom};
     let os = |source| Error::Os {
         path: path.to_path_buf(),
@@ -71,20 +106,24 @@ pub fn check_global_heaps(path: &Path) -> Result<()> {
     };
     let mut file = std::fs::File::open(path).map_err(os)?;
     let len = file.metadata().map_err(os)?.len();
-    // The layout above assumes 8-byte lengths, which the superblock at the
-    // start of the file states (byte 14 in versions 0 and 1, byte 10 in
-    // versions 2 and 3); files that say otherwise are left to the library.
-    let mut sb = [0u8; 16];
-    if file.read_exact(&mut sb).is_err() || &sb[..8] != b"\x89HDF\r\n\x1a\n" {
-        return Ok(());
-    }
-    let lengths = match sb[8] {
-        0 | 1 => sb[14],
-        _ => sb[10],
+    // The layout above assumes 8-byte lengths, which the superblock
+    // states (byte 14 in versions 0 and 1, byte 10 in versions 2 and 3);
+    // files that say otherwise are left to the library.
+    let Some((base, sb)) = find_superblock(&mut file, len).map_err(os)? else {
+        return Ok(None);
     };
-    if lengths != 8 {
-        return Ok(());
+    let (offsets, lengths) = match sb[8] {
+        0 | 1 => (sb[13], sb[14]),
+        _ => (sb[9], sb[10]),
+    };
+    if lengths != 8 || !matches!(offsets, 2 | 4 | 8) {
+        return Ok(None);
     }
+    let mut heaps = GlobalHeaps {
+        base,
+        offset_size: offsets as usize,
+        objects: HashMap::new(),
+    };
     file.seek(SeekFrom::Start(0)).map_err(os)?;
     // Find collection starts: scan in blocks overlapping by 7 bytes.
     let mut starts = Vec::new();
@@ -132,6 +171,7 @@ pub fn check_global_heaps(path: &Path) -> Result<()> {
                 format!("claims {size} bytes; the file has {len}"),
             ));
         }
+        let objects = heaps.objects.entry(start).or_default();
         let mut p = start + 16;
         // Objects until less than an object header is left (free space).
         while p + 16 <= end {
@@ -144,7 +184,12 @@ pub fn check_global_heaps(path: &Path) -> Result<()> {
                 Some(osize)
             };
             match need {
-                Some(n) if (idx > 0 || n >= 16) && n <= end - p => p += n,
+                Some(n) if (idx > 0 || n >= 16) && n <= end - p => {
+                    if idx > 0 {
+                        objects.insert(idx, osize);
+                    }
+                    p += n
+                }
                 _ => {
                     return Err(Error::bad(
                         loc(),
@@ -157,5 +202,259 @@ pub fn check_global_heaps(path: &Path) -> Result<()> {
             }
         }
     }
+    Ok(Some(heaps))
+}
+
+/// Groups below the root that [`check_strings`] descends into; spectok's
+/// readers read datasets at depth 2 at most.
+const STRING_CHECK_DEPTH: usize = 3;
+
+/// Objects [`check_strings`] visits at most before it refuses the file
+/// (a corrupt file can link a group into itself).
+const STRING_CHECK_OBJECTS: usize = 100_000;
+
+/// Largest chunk of string descriptors that [`check_strings`] decodes.
+const STRING_CHECK_CHUNK_BYTES: u64 = 1 << 30;
+
+/// Checks the stored descriptor of every variable-length string in the
+/// datasets of `file` (to [`STRING_CHECK_DEPTH`] groups deep) against the
+/// global heap objects they point to.
+///
+/// A descriptor is a 4-byte length and the address of a heap object
+/// (collection address and 4-byte object index). HDF5 (1.10 at least)
+/// trusts the length: it allocates and zeroes a conversion buffer of that
+/// size before it reads the object, and then copies the whole object into
+/// it — a corrupt length of 4 GB in a 300 KB file takes 4 GB of memory, and
+/// a length shorter than the object overflows the buffer. So each
+/// descriptor must point at an existing object of exactly its length (the
+/// library writes them so). The stored bytes are read the way the library
+/// stores them: contiguous, or chunked and passed through shuffle, deflate
+/// and Fletcher-32; datasets stored otherwise (compact, virtual, other
+/// filters) are refused rather than trusted. Strings in attributes are
+/// not covered.
+pub fn check_strings(path: &Path, file: &hdf5::File, heaps: Option<&GlobalHeaps>) -> Result<()> {
+    let mut queue: Vec<(String, usize)> = vec![(String::new(), 0)];
+    let mut visited = 0usize;
+    while let Some((group_name, depth)) = queue.pop() {
+        let group = if group_name.is_empty() {
+            file.as_group()
+        } else {
+            file.group(&group_name)
+        };
+        let Ok(group) = group else { continue };
+        for name in group.member_names().unwrap_or_default() {
+            visited += 1;
+            if visited > STRING_CHECK_OBJECTS {
+                return Err(Error::bad(
+                    Location::file(path),
+                    format!("more than {STRING_CHECK_OBJECTS} objects to check"),
+                ));
+            }
+            let full = format!("{group_name}/{name}");
+            if let Ok(ds) = group.dataset(&name) {
+                check_dataset_strings(path, &full, &ds, heaps)?;
+            } else if depth < STRING_CHECK_DEPTH && group.group(&name).is_ok() {
+                queue.push((full, depth + 1));
+            }
+        }
+    }
     Ok(())
+}
+
+/// [`check_strings`] for one dataset.
+fn check_dataset_strings(
+    path: &Path,
+    name: &str,
+    ds: &hdf5::Dataset,
+    heaps: Option<&GlobalHeaps>,
+) -> Result<()> {
+    use hdf5::dataset::Layout;
+    use hdf5::types::TypeDescriptor;
+    let is_string = matches!(
+        ds.dtype().and_then(|t| t.to_descriptor()),
+        Ok(TypeDescriptor::VarLenUnicode | TypeDescriptor::VarLenAscii)
+    );
+    if !is_string {
+        return Ok(());
+    }
+    let name = name.trim_start_matches('/');
+    let loc = || Location::file(path).hdu(name);
+    let bad = |why: String| Error::bad(loc(), format!("variable-length strings: {why}"));
+    let Some(heaps) = heaps else {
+        return Err(bad(
+            "cannot be checked in a file whose superblock is not at a standard place or whose lengths are not 8 bytes".into(),
+        ));
+    };
+    let desc_size = 4 + heaps.offset_size + 4;
+    let shape: Vec<u64> = ds.shape().iter().map(|&d| d as u64).collect();
+    let elements: u64 = shape.iter().product();
+    let os = |source| Error::Os {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut raw = std::fs::File::open(path).map_err(os)?;
+    let file_len = raw.metadata().map_err(os)?.len();
+    let mut read_bytes = |addr: u64, n: u64| -> Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let at = heaps.base.saturating_add(addr);
+        if at.saturating_add(n) > file_len {
+            return Err(bad(format!(
+                "{n} stored bytes at address {addr} lie past the end of the file ({file_len} bytes)"
+            )));
+        }
+        let mut buf = vec![0u8; n as usize];
+        raw.seek(SeekFrom::Start(at))
+            .and_then(|_| raw.read_exact(&mut buf))
+            .map_err(os)?;
+        Ok(buf)
+    };
+    let check = |bytes: &[u8], element: u64| -> Result<()> {
+        let len = u32::from_le_bytes(bytes[..4].try_into().unwrap_or_default()) as u64;
+        let mut addr_bytes = [0u8; 8];
+        addr_bytes[..heaps.offset_size].copy_from_slice(&bytes[4..4 + heaps.offset_size]);
+        let addr = u64::from_le_bytes(addr_bytes);
+        let index = u32::from_le_bytes(
+            bytes[4 + heaps.offset_size..desc_size]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        if addr == 0 {
+            // A null string: the library reads nothing.
+            return Ok(());
+        }
+        let found = heaps
+            .objects
+            .get(&heaps.base.saturating_add(addr))
+            .and_then(|objects| u16::try_from(index).ok().and_then(|i| objects.get(&i)));
+        match found {
+            Some(&size) if size == len => Ok(()),
+            Some(&size) => Err(bad(format!(
+                "element {element} claims {len} bytes; its heap object holds {size}"
+            ))),
+            None => Err(bad(format!(
+                "element {element} points to heap object {index} at address {addr}, which does not exist"
+            ))),
+        }
+    };
+    match ds.layout() {
+        Layout::Contiguous => {
+            let Some(addr) = ds.offset() else {
+                return Ok(()); // nothing stored: every element is the fill value
+            };
+            let n = elements
+                .checked_mul(desc_size as u64)
+                .ok_or_else(|| bad(format!("{elements} elements overflow")))?;
+            let bytes = read_bytes(addr.saturating_sub(heaps.base), n)?;
+            for (i, d) in bytes.chunks_exact(desc_size).enumerate() {
+                check(d, i as u64)?;
+            }
+            Ok(())
+        }
+        Layout::Chunked => {
+            let filters = ds
+                .dcpl()
+                .and_then(|p| p.get_filters())
+                .map_err(|e| bad(format!("cannot read the filter pipeline: {}", one_line(&e))))?;
+            let chunk: Vec<u64> = ds
+                .chunk()
+                .unwrap_or_default()
+                .iter()
+                .map(|&c| c as u64)
+                .collect();
+            if chunk.len() != shape.len() || chunk.contains(&0) {
+                return Err(bad(format!(
+                    "chunk shape {chunk:?} does not suit shape {shape:?}"
+                )));
+            }
+            let chunk_bytes = chunk
+                .iter()
+                .try_fold(desc_size as u64, |a, &c| a.checked_mul(c))
+                .filter(|&b| b <= STRING_CHECK_CHUNK_BYTES)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "chunks of {chunk:?} elements are too large to check"
+                    ))
+                })?;
+            let count = ds.num_chunks().unwrap_or(0);
+            for c in 0..count {
+                let info = ds
+                    .chunk_info(c)
+                    .ok_or_else(|| bad(format!("cannot locate chunk {c}")))?;
+                let stored = read_bytes(info.addr.saturating_sub(heaps.base), info.size)?;
+                let bytes = unfilter(stored, &filters, info.filter_mask, chunk_bytes, desc_size)
+                    .map_err(|why| bad(format!("chunk {c}: {why}")))?;
+                // Elements of the chunk inside the dataset's extent.
+                for (i, d) in bytes.chunks_exact(desc_size).enumerate() {
+                    let mut rest = i as u64;
+                    let mut element = 0u64;
+                    let mut inside = true;
+                    for k in (0..chunk.len()).rev() {
+                        let pos = info.offset.get(k).copied().unwrap_or(0) + rest % chunk[k];
+                        rest /= chunk[k];
+                        inside &= pos < shape[k];
+                        let stride: u64 = shape[k + 1..].iter().product();
+                        element += pos * stride;
+                    }
+                    if inside {
+                        check(d, element)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        other => Err(bad(format!(
+            "stored with {other:?} layout, which cannot be checked"
+        ))),
+    }
+}
+
+/// Undoes a chunk's filter pipeline (shuffle, deflate, Fletcher-32),
+/// expecting `size` bytes out.
+fn unfilter(
+    mut data: Vec<u8>,
+    filters: &[hdf5::filters::Filter],
+    skipped: u32,
+    size: u64,
+    element: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    use hdf5::filters::Filter;
+    use std::io::Read;
+    for (i, f) in filters.iter().enumerate().rev() {
+        if i < 32 && skipped & (1 << i) != 0 {
+            continue;
+        }
+        data = match f {
+            Filter::Fletcher32 => {
+                let keep = data
+                    .len()
+                    .checked_sub(4)
+                    .ok_or("shorter than its checksum")?;
+                data.truncate(keep);
+                data
+            }
+            Filter::Deflate(_) => {
+                let mut out = Vec::with_capacity(size as usize);
+                flate2::read::ZlibDecoder::new(&data[..])
+                    .take(size + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| format!("cannot inflate: {e}"))?;
+                out
+            }
+            Filter::Shuffle => {
+                let n = data.len() / element;
+                let mut out = data.clone();
+                for (b, plane) in data.chunks_exact(n.max(1)).take(element).enumerate() {
+                    for (j, &v) in plane.iter().enumerate() {
+                        out[j * element + b] = v;
+                    }
+                }
+                out
+            }
+            other => return Err(format!("filter {other:?} cannot be checked")),
+        };
+    }
+    if data.len() as u64 != size {
+        return Err(format!("holds {} bytes, not {size}", data.len()));
+    }
+    Ok(data)
 }

@@ -419,6 +419,46 @@ fn replace<T: hdf5::H5Type>(file: &Path, name: &str, values: &[T]) {
     }
 }
 
+/// Rewrites string dataset `name` of `file` (its values kept) stored
+/// contiguously, or chunked with the shuffle filter and no compression, then applies
+/// `edit` to the stored descriptor of its first element: the 4-byte
+/// length, 8-byte heap collection address and 4-byte object index.
+fn edit_string_descriptor(file: &Path, name: &str, chunked: bool, edit: impl Fn(&mut [u8; 16])) {
+    use hdf5::types::VarLenUnicode;
+    let (at, stride) = {
+        let f = hdf5::File::open_rw(file).unwrap();
+        let values: Vec<VarLenUnicode> = f.dataset(name).unwrap().read_raw().unwrap();
+        f.unlink(name).unwrap();
+        let mut b = f.new_dataset::<VarLenUnicode>().shape(values.len());
+        if chunked {
+            b = b.chunk(values.len()).shuffle();
+        }
+        let ds = b.create(name).unwrap();
+        ds.write_raw(&values).unwrap();
+        f.flush().unwrap();
+        if chunked {
+            // Shuffled, byte k of element 0 is at k × elements; the library
+            // skips the shuffle for variable-length data (and says so in
+            // the chunk's filter mask).
+            let info = ds.chunk_info(0).unwrap();
+            let shuffled = info.filter_mask & 1 == 0;
+            (info.addr, if shuffled { values.len() } else { 1 })
+        } else {
+            (ds.offset().unwrap(), 1)
+        }
+    };
+    let mut bytes = std::fs::read(file).unwrap();
+    let mut desc = [0u8; 16];
+    for (k, d) in desc.iter_mut().enumerate() {
+        *d = bytes[at as usize + k * stride];
+    }
+    edit(&mut desc);
+    for (k, d) in desc.iter().enumerate() {
+        bytes[at as usize + k * stride] = *d;
+    }
+    std::fs::write(file, bytes).unwrap();
+}
+
 fn unlink(file: &Path, name: &str) {
     hdf5::File::open_rw(file).unwrap().unlink(name).unwrap();
 }
@@ -825,6 +865,61 @@ fn hdf5_cases(c: &mut Corpus) {
     }
     b[at + 8..at + 16].copy_from_slice(&0u64.to_le_bytes());
     c.bytes("shard-heap-free-space-0.h5", &b, None, Error);
+
+    // The HDF5 library allocates and zeroes a buffer of the length a
+    // variable-length string descriptor claims before it reads the heap
+    // object, and then copies the whole object into it: a claim of 2 GB
+    // takes 2 GB, a claim shorter than the object overruns the buffer.
+    // Every descriptor is checked against its object before any read.
+    let claim = |n: u32| move |d: &mut [u8; 16]| d[..4].copy_from_slice(&n.to_le_bytes());
+    type DescEdit = Box<dyn Fn(&mut [u8; 16])>;
+    let descriptor_edits: Vec<(&str, &str, DescEdit)> = vec![
+        (
+            "2e9",
+            "claims 2147483647 bytes",
+            Box::new(claim(i32::MAX as u32)),
+        ),
+        ("short", "its heap object holds", Box::new(claim(1))),
+        (
+            "index",
+            "does not exist",
+            Box::new(|d: &mut [u8; 16]| d[12..16].copy_from_slice(&60_000u32.to_le_bytes())),
+        ),
+        (
+            "address",
+            "does not exist",
+            Box::new(|d: &mut [u8; 16]| d[4..12].copy_from_slice(&8u64.to_le_bytes())),
+        ),
+    ];
+    for chunked in [false, true] {
+        for (what, expect, edit) in &descriptor_edits {
+            let layout = if chunked { "chunked" } else { "contiguous" };
+            let p = c.path(&format!("shard-string-{what}-{layout}.h5"));
+            std::fs::copy(&base, &p).unwrap();
+            edit_string_descriptor(&p, "id", chunked, edit);
+            for fmt in [None, Some(Format::SpectokShard)] {
+                let msgs = c.check(&p, fmt, Error);
+                assert!(
+                    msgs.iter()
+                        .any(|m| m.contains("[id]") && m.contains(expect)),
+                    "{what} {layout}: {msgs:?}"
+                );
+            }
+        }
+    }
+    // A flipped byte inside a deflated chunk of strings.
+    let p = c.path("shard-string-deflate-flip.h5");
+    std::fs::copy(&base, &p).unwrap();
+    let at = {
+        let f = hdf5::File::open(&p).unwrap();
+        let ds = f.dataset("id").unwrap();
+        let info = ds.chunk_info(0).unwrap();
+        info.addr + info.size / 2
+    };
+    let mut b = std::fs::read(&p).unwrap();
+    b[at as usize] ^= 0x5A;
+    std::fs::write(&p, b).unwrap();
+    c.check(&p, None, NoPanic);
 
     for (name, expect, edit) in edits {
         let p = c.path(name);
