@@ -352,10 +352,15 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Prints the time of each phase of a train step and of an embed.
+/// Prints the time of each phase of a train step and of an embed, with
+/// the fused CPU kernels (`spectok_model::fused`) and with the composite
+/// ops they replace, interleaved.
 fn breakdown(model: &Tokenizer, opt: &mut AdamW, batch: &Batch) -> Result<()> {
     let encoding = spectok_model::WavelengthEncoding::new(model.config());
-    for round in 0..2 {
+    for round in 0..4 {
+        let fused = round % 2 == 0;
+        spectok_model::fused::set_enabled(fused);
+        let kernels = if fused { "fused" } else { "composite" };
         // Host side of every forward pass: the wavelength features.
         let t0 = Instant::now();
         let grid = spectok_model::WavelengthGrid::from_batch(batch);
@@ -377,10 +382,13 @@ fn breakdown(model: &Tokenizer, opt: &mut AdamW, batch: &Batch) -> Result<()> {
         opt.step(&grads)?;
         let t_opt = t0.elapsed().as_secs_f64();
         println!(
-            "round {round}: wavelength features (host) {t_host:.3} s; embed {t_embed:.3} s; \
-             train forward {t_fwd:.3} s, backward {t_bwd:.3} s, AdamW {t_opt:.3} s"
+            "round {} ({kernels} kernels): wavelength features (host) {t_host:.3} s; \
+             embed {t_embed:.3} s; train forward {t_fwd:.3} s, backward {t_bwd:.3} s, \
+             AdamW {t_opt:.3} s",
+            round / 2
         );
     }
+    spectok_model::fused::set_enabled(true);
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Building blocks shared by encoder and decoder, all differentiable end
-//! to end (no fused inference-only kernels).
+//! to end (inference-only fused kernels are used outside training only).
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::Config;
@@ -78,8 +78,9 @@ pub fn dropout(xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
     }
 }
 
-/// LayerNorm over the last dimension, built from basic ops so it has a
-/// backward pass; statistics are computed in f32 whatever the model dtype.
+/// LayerNorm over the last dimension with a backward pass (the fused CPU
+/// kernel of [`crate::fused`] for f32, else built from basic ops);
+/// statistics are computed in f32 whatever the model dtype.
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -113,16 +114,7 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let dtype = xs.dtype();
-        let x = xs.to_dtype(DType::F32)?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .to_dtype(dtype)?
-            .broadcast_mul(&self.weight.to_dtype(dtype)?)?
-            .broadcast_add(&self.bias.to_dtype(dtype)?)
+        crate::fused::layer_norm(xs, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -147,7 +139,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.apply(&self.fc1)?.gelu_erf()?.apply(&self.fc2)
+        crate::fused::gelu_erf(&xs.apply(&self.fc1)?)?.apply(&self.fc2)
     }
 }
 
@@ -260,8 +252,8 @@ impl Attention {
             &Tensor::new(MASK_LOGIT, dev)?.broadcast_as((b, 1, 1, sk))?,
         )?;
         let heads_out = if train {
-            let weights = candle_nn::ops::softmax(&attention_logits(&q, &k, &bias)?, D::Minus1)?
-                .to_dtype(v.dtype())?;
+            let weights =
+                crate::fused::softmax(&attention_logits(&q, &k, &bias)?)?.to_dtype(v.dtype())?;
             dropout(&weights, self.dropout, train)?.matmul(&v)?
         } else {
             attend_chunked(&q, &k, &v, &bias, ATTENTION_CHUNK_LOGITS)?

@@ -86,6 +86,7 @@ pub mod encoder;
 pub mod error;
 pub mod flops;
 pub mod fsq;
+pub mod fused;
 pub mod layers;
 pub mod tokenizer;
 pub mod wavelength;

@@ -17,7 +17,7 @@
 //! gives one value per parameter (mean squared error over the known
 //! values).
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use spectok_model::layers::{linear, LayerNorm, Linear, MASK_LOGIT};
@@ -187,14 +187,14 @@ impl Head {
                 // The fused softmax has no backward pass: training takes
                 // the differentiable composite.
                 let attn = if train {
-                    candle_nn::ops::softmax(&scores, D::Minus1)?
+                    spectok_model::fused::softmax(&scores)?
                 } else {
                     candle_nn::ops::softmax_last_dim(&scores)?
                 };
                 let pooled = attn.matmul(&v)?; // (B, H, Q, dh)
                 let pooled = pooled.transpose(1, 2)?.contiguous()?.reshape((b, q * d))?;
                 let y = Tensor::cat(&[&norm_out.forward(&pooled)?, pooled_in], 1)?;
-                let y = fc1.forward(&y)?.gelu_erf()?;
+                let y = spectok_model::fused::gelu_erf(&fc1.forward(&y)?)?;
                 let y = spectok_model::layers::dropout(&y, p, train)?;
                 Ok(self.fc2.forward(&y)?)
             }

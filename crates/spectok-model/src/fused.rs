@@ -1,0 +1,492 @@
+//! Fused CPU kernels with their backward passes: softmax over the last
+//! dimension, LayerNorm and the exact (erf) GELU.
+//!
+//! candle's own fused softmax and LayerNorm have no backward pass, and its
+//! differentiable composites take 5–10 memory passes forward and as many
+//! again backward, each with a fresh buffer. These take one pass forward
+//! and one or two backward, rows split over rayon. They apply to
+//! contiguous f32 tensors on the CPU; [`softmax`], [`layer_norm`] and
+//! [`gelu_erf`] fall back to the composites elsewhere (other dtypes, CUDA),
+//! so results agree with the composites to float rounding either way.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+};
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Elements handed to one rayon task at least.
+const TASK_ELEMENTS: usize = 1 << 14;
+
+/// Rows of `n` values per rayon task.
+fn rows_per_task(n: usize) -> usize {
+    (TASK_ELEMENTS / n.max(1)).max(1)
+}
+
+/// Whether the fused kernels are used (on by default).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused kernels on or off for the whole process, so that a
+/// benchmark can time them against the composites in one run.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether `xs` can take the fused kernels.
+fn fusable(xs: &Tensor) -> bool {
+    ENABLED.load(Ordering::Relaxed) && xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+/// The contiguous f32 values of a CPU storage.
+fn values<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Width of the last dimension of a layout.
+fn last_dim(l: &Layout) -> usize {
+    l.dims().last().copied().unwrap_or(1)
+}
+
+// ---------------------------------------------------------------------------
+// Softmax
+// ---------------------------------------------------------------------------
+
+/// Softmax over the last dimension, differentiable (candle's
+/// `softmax_last_dim` has no backward; `candle_nn::ops::softmax` is the
+/// composite).
+pub fn softmax(xs: &Tensor) -> Result<Tensor> {
+    if !fusable(xs) {
+        return candle_nn::ops::softmax(xs, D::Minus1);
+    }
+    xs.contiguous()?.apply_op1(Softmax)
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "spectok-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = values(self.name(), s, l)?;
+        let n = last_dim(l);
+        let mut out = vec![0f32; x.len()];
+        let step = n * rows_per_task(n);
+        out.par_chunks_mut(step)
+            .zip(x.par_chunks(step))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        *o = (x - max).exp();
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    o.iter_mut().for_each(|o| *o *= inv);
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(res.apply_op2_no_bwd(&grad, &SoftmaxBackward)?))
+    }
+}
+
+/// `dx = y ⊙ (dy − Σ dy ⊙ y)` per row, from the softmax output `y`.
+struct SoftmaxBackward;
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "spectok-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = values(self.name(), s1, l1)?;
+        let dy = values(self.name(), s2, l2)?;
+        let n = last_dim(l1);
+        let mut dx = vec![0f32; y.len()];
+        let step = n * rows_per_task(n);
+        dx.par_chunks_mut(step)
+            .zip(y.par_chunks(step).zip(dy.par_chunks(step)))
+            .for_each(|(dx, (y, dy))| {
+                for ((dx, y), dy) in dx
+                    .chunks_exact_mut(n)
+                    .zip(y.chunks_exact(n))
+                    .zip(dy.chunks_exact(n))
+                {
+                    let dot: f32 = y.iter().zip(dy).map(|(y, d)| y * d).sum();
+                    for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+                        *dx = y * (dy - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// LayerNorm
+// ---------------------------------------------------------------------------
+
+/// LayerNorm over the last dimension with gain `weight` and shift `bias`
+/// (both of its width), differentiable in all three.
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if !(fusable(xs) && fusable(weight) && fusable(bias)) {
+        return composite_layer_norm(xs, weight, bias, eps);
+    }
+    let xs = xs.contiguous()?;
+    let (weight, bias) = (weight.contiguous()?, bias.contiguous()?);
+    xs.apply_op3(&weight, &bias, LayerNormOp { eps: eps as f32 })
+}
+
+/// LayerNorm from basic ops, statistics in f32 whatever the dtype.
+pub fn composite_layer_norm(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let dtype = xs.dtype();
+    let x = xs.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed
+        .to_dtype(dtype)?
+        .broadcast_mul(&weight.to_dtype(dtype)?)?
+        .broadcast_add(&bias.to_dtype(dtype)?)
+}
+
+/// Mean and 1/σ of one row.
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len().max(1) as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+#[derive(Clone, Copy)]
+struct LayerNormOp {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "spectok-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = values(self.name(), s1, l1)?;
+        let w = values(self.name(), s2, l2)?;
+        let b = values(self.name(), s3, l3)?;
+        let n = last_dim(l1);
+        if w.len() != n || b.len() != n {
+            candle_core::bail!("{}: gain/shift width differs from {n}", self.name());
+        }
+        let mut out = vec![0f32; x.len()];
+        let step = n * rows_per_task(n);
+        out.par_chunks_mut(step)
+            .zip(x.par_chunks(step))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                    let (mean, rstd) = row_stats(x, self.eps);
+                    for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                        *o = (x - mean) * rstd * w + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let packed = x.apply_op3_no_bwd(weight, &grad, &LayerNormBackward { eps: self.eps })?;
+        let n = weight.elem_count();
+        let total = x.elem_count();
+        let dx = packed.narrow(0, 0, total)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, total, n)?.reshape(weight.shape())?;
+        let db = packed.narrow(0, total + n, n)?.reshape(weight.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// The three gradients of [`LayerNormOp`] packed in one flat tensor:
+/// `dx` (the input's size), then `dweight` and `dbias` (the width each).
+/// With `x̂ = (x − μ)/σ` and `g = dy ⊙ w`:
+/// `dx = (g − mean(g) − x̂ · mean(g ⊙ x̂)) / σ`, `dw = Σ dy ⊙ x̂`,
+/// `db = Σ dy` (sums over rows).
+struct LayerNormBackward {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "spectok-layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = values(self.name(), s1, l1)?;
+        let w = values(self.name(), s2, l2)?;
+        let dy = values(self.name(), s3, l3)?;
+        let n = last_dim(l1);
+        let total = x.len();
+        let mut out = vec![0f32; total + 2 * n];
+        let (dx, rest) = out.split_at_mut(total);
+        let step = n * rows_per_task(n);
+        let (dw, db) = dx
+            .par_chunks_mut(step)
+            .zip(x.par_chunks(step).zip(dy.par_chunks(step)))
+            .map(|(dx, (x, dy))| {
+                let mut dw = vec![0f32; n];
+                let mut db = vec![0f32; n];
+                let mut g = vec![0f32; n];
+                for ((dx, x), dy) in dx
+                    .chunks_exact_mut(n)
+                    .zip(x.chunks_exact(n))
+                    .zip(dy.chunks_exact(n))
+                {
+                    let (mean, rstd) = row_stats(x, self.eps);
+                    let mut mean_g = 0f32;
+                    let mut mean_gx = 0f32;
+                    for i in 0..n {
+                        let xhat = (x[i] - mean) * rstd;
+                        g[i] = dy[i] * w[i];
+                        mean_g += g[i];
+                        mean_gx += g[i] * xhat;
+                        dw[i] += dy[i] * xhat;
+                        db[i] += dy[i];
+                    }
+                    mean_g /= n as f32;
+                    mean_gx /= n as f32;
+                    for i in 0..n {
+                        let xhat = (x[i] - mean) * rstd;
+                        dx[i] = (g[i] - mean_g - xhat * mean_gx) * rstd;
+                    }
+                }
+                (dw, db)
+            })
+            .reduce(
+                || (vec![0f32; n], vec![0f32; n]),
+                |(mut aw, mut ab), (bw, bb)| {
+                    aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
+                    ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
+                    (aw, ab)
+                },
+            );
+        rest[..n].copy_from_slice(&dw);
+        rest[n..].copy_from_slice(&db);
+        Ok((CpuStorage::F32(out), Shape::from(total + 2 * n)))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// GELU
+// ---------------------------------------------------------------------------
+
+/// Exact GELU `x Φ(x)`, differentiable with a one-pass backward.
+pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
+    if !fusable(xs) {
+        return xs.gelu_erf();
+    }
+    xs.contiguous()?.apply_op1(Gelu)
+}
+
+/// `Φ(x)`, the standard normal CDF (f32, as candle's `gelu_erf`).
+fn phi_cdf(x: f32) -> f32 {
+    0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "spectok-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = values(self.name(), s, l)?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(TASK_ELEMENTS)
+            .zip(x.par_chunks(TASK_ELEMENTS))
+            .for_each(|(o, x)| {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = x * phi_cdf(x);
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(arg.apply_op2_no_bwd(&grad, &GeluBackward)?))
+    }
+}
+
+/// `dx = dy · (Φ(x) + x φ(x))`.
+struct GeluBackward;
+
+impl CustomOp2 for GeluBackward {
+    fn name(&self) -> &'static str {
+        "spectok-gelu-erf-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = values(self.name(), s1, l1)?;
+        let dy = values(self.name(), s2, l2)?;
+        // 1/√(2π)
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(TASK_ELEMENTS)
+            .zip(
+                x.par_chunks(TASK_ELEMENTS)
+                    .zip(dy.par_chunks(TASK_ELEMENTS)),
+            )
+            .for_each(|(dx, (x, dy))| {
+                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                    let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+                    *dx = dy * (phi_cdf(x) + x * pdf);
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Values and gradients (of a random weighting of the output) of the
+    /// fused op equal those of the composite.
+    fn agree(
+        shape: &[usize],
+        fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+        composite: impl Fn(&[Tensor]) -> Result<Tensor>,
+        extra: &[Tensor],
+    ) -> Result<()> {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 2.0, shape, &dev)? + 0.3)?;
+        let weighting = Tensor::randn(0f32, 1.0, shape, &dev)?;
+        let run = |f: &dyn Fn(&[Tensor]) -> Result<Tensor>| -> Result<(Tensor, Vec<Tensor>)> {
+            let mut vars = vec![Var::from_tensor(&x)?];
+            for e in extra {
+                vars.push(Var::from_tensor(e)?);
+            }
+            let inputs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let y = f(&inputs)?;
+            let grads = (&y * &weighting)?.sum_all()?.backward()?;
+            let g = vars
+                .iter()
+                .map(|v| grads.get(v).cloned().expect("a gradient for every input"))
+                .collect();
+            Ok((y, g))
+        };
+        let (yf, gf) = run(&fused)?;
+        let (yc, gc) = run(&composite)?;
+        let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
+            let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-3);
+            assert!(
+                diff / scale < 1e-5,
+                "{what}: max diff {diff} (scale {scale})"
+            );
+            Ok(())
+        };
+        close(&yf, &yc, "value")?;
+        for (i, (a, b)) in gf.iter().zip(&gc).enumerate() {
+            close(a, b, &format!("gradient of input {i}"))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_softmax_equals_the_composite_forward_and_backward() -> Result<()> {
+        for shape in [[2, 3, 5, 7], [1, 2, 4, 300]] {
+            agree(
+                &shape,
+                |t| softmax(&t[0]),
+                |t| candle_nn::ops::softmax(&t[0], D::Minus1),
+                &[],
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_layer_norm_equals_the_composite_forward_and_backward() -> Result<()> {
+        let dev = Device::Cpu;
+        for (rows, n) in [(3usize, 8usize), (1500, 64)] {
+            let w = (Tensor::randn(0f32, 1.0, n, &dev)? + 1.0)?;
+            let b = Tensor::randn(0f32, 1.0, n, &dev)?;
+            agree(
+                &[rows, n],
+                |t| layer_norm(&t[0], &t[1], &t[2], 1e-5),
+                |t| composite_layer_norm(&t[0], &t[1], &t[2], 1e-5),
+                &[w, b],
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_gelu_equals_the_composite_forward_and_backward() -> Result<()> {
+        for shape in [[4, 9], [40, 1000]] {
+            agree(&shape, |t| gelu_erf(&t[0]), |t| t[0].gelu_erf(), &[])?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn strided_inputs_are_accepted() -> Result<()> {
+        let x = Tensor::randn(0f32, 1.0, (6, 5), &Device::Cpu)?.t()?;
+        let a = softmax(&x)?;
+        let b = candle_nn::ops::softmax(&x, D::Minus1)?;
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6);
+        Ok(())
+    }
+}
