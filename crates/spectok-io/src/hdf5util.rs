@@ -82,6 +82,81 @@ fn find_superblock(file: &mut std::fs::File, len: u64) -> std::io::Result<Option
     Ok(None)
 }
 
+/// Checks the driver information block of a version 0 or 1 superblock.
+///
+/// The superblock holds, after its fixed fields (24 bytes, 28 in version
+/// 1), the base address, the free-space address, the end-of-file address
+/// and the driver information block address. The HDF5 library (1.10) reads
+/// that block's 16-byte header (version, 3 reserved bytes, 4-byte size,
+/// 8-byte driver name) and then as many bytes as the size claims, before
+/// it compares the end-of-file address with the file's length: a block
+/// claiming 4 GB in a 300 KB file makes it allocate and zero 4 GB. Both
+/// the stored end of file (which the library itself requires to be within
+/// the file) and the block are checked here.
+fn check_driver_info(
+    path: &Path,
+    file: &mut std::fs::File,
+    len: u64,
+    base: u64,
+    version: u8,
+    offset_size: usize,
+) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let loc = |field: &str| Location::file(path).hdu("superblock").field(field);
+    let start = base + if version == 0 { 24 } else { 28 };
+    let mut fields = [0u8; 32];
+    let n = 4 * offset_size;
+    file.seek(SeekFrom::Start(start))
+        .and_then(|_| file.read_exact(&mut fields[..n]))
+        .map_err(|_| Error::bad(loc("addresses"), "cut short"))?;
+    let address = |i: usize| {
+        let mut b = [0u8; 8];
+        b[..offset_size].copy_from_slice(&fields[i * offset_size..(i + 1) * offset_size]);
+        let v = u64::from_le_bytes(b);
+        let undefined = if offset_size == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * offset_size)) - 1
+        };
+        (v != undefined).then_some(v)
+    };
+    let available = len - base;
+    if let Some(eof) = address(2) {
+        if eof > available {
+            return Err(Error::bad(
+                loc("end-of-file address"),
+                format!("{eof} lies past the file's {available} bytes"),
+            ));
+        }
+    }
+    let Some(driver) = address(3) else {
+        return Ok(());
+    };
+    let mut head = [0u8; 16];
+    let claim = driver
+        .checked_add(16)
+        .filter(|&end| end <= available)
+        .and_then(|_| {
+            file.seek(SeekFrom::Start(base + driver))
+                .and_then(|_| file.read_exact(&mut head))
+                .ok()
+        });
+    if claim.is_none() {
+        return Err(Error::bad(
+            loc("driver information block"),
+            format!("address {driver} lies past the file's {available} bytes"),
+        ));
+    }
+    let size = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as u64;
+    if driver + 16 + size > available {
+        return Err(Error::bad(
+            loc("driver information block"),
+            format!("claims {size} bytes at address {driver}; the file has {available}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks every global heap collection of the HDF5 file at `path` the way
 /// the HDF5 library walks it, before the library does, and returns the
 /// objects found (`None` when the file's superblock is not where this
@@ -118,6 +193,9 @@ pub fn check_global_heaps(path: &Path) -> Result<Option<GlobalHeaps>> {
     };
     if lengths != 8 || !matches!(offsets, 2 | 4 | 8) {
         return Ok(None);
+    }
+    if sb[8] <= 1 {
+        check_driver_info(path, &mut file, len, base, sb[8], offsets as usize)?;
     }
     let mut heaps = GlobalHeaps {
         base,

@@ -907,6 +907,33 @@ fn hdf5_cases(c: &mut Corpus) {
             }
         }
     }
+    // A version 0 superblock points (at byte 48) to a driver information
+    // block; the library reads as many bytes as the block's header claims
+    // before it checks the end of file (at byte 40): a 4 GB claim made it
+    // allocate and zero 4 GB.
+    assert_eq!(base_bytes[8], 0, "shards have a version 0 superblock");
+    let mut b = base_bytes.clone();
+    let at = b.len() as u64;
+    b[48..56].copy_from_slice(&at.to_le_bytes());
+    b.extend_from_slice(&[0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    b.extend_from_slice(b"NCSAmult");
+    let p = c.path("shard-driver-info-4gb.h5");
+    std::fs::write(&p, &b).unwrap();
+    let msgs = c.check(&p, None, Error);
+    assert!(
+        msgs.iter().any(|m| m.contains("driver information block")),
+        "{msgs:?}"
+    );
+    let mut b = base_bytes.clone();
+    b[40..48].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let p = c.path("shard-eof-address-1tb.h5");
+    std::fs::write(&p, &b).unwrap();
+    let msgs = c.check(&p, None, Error);
+    assert!(
+        msgs.iter().any(|m| m.contains("end-of-file address")),
+        "{msgs:?}"
+    );
+
     // A flipped byte inside a deflated chunk of strings.
     let p = c.path("shard-string-deflate-flip.h5");
     std::fs::copy(&base, &p).unwrap();
