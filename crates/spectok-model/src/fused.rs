@@ -23,6 +23,30 @@ fn rows_per_task(n: usize) -> usize {
     (TASK_ELEMENTS / n.max(1)).max(1)
 }
 
+/// `f(out, x)` over blocks of `step` values of `x` (whole rows when `step`
+/// is a multiple of the row width), blocks split over rayon.
+fn map_blocks(x: &[f32], step: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(step.max(1))
+        .zip(x.par_chunks(step.max(1)))
+        .for_each(|(o, x)| f(o, x));
+    out
+}
+
+/// [`map_blocks`] over two inputs of the same length.
+fn map_blocks2(
+    x: &[f32],
+    y: &[f32],
+    step: usize,
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(step.max(1))
+        .zip(x.par_chunks(step.max(1)).zip(y.par_chunks(step.max(1))))
+        .for_each(|(o, (x, y))| f(o, x, y));
+    out
+}
+
 /// Whether the fused kernels are used (on by default).
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -75,22 +99,18 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = values(self.name(), s, l)?;
         let n = last_dim(l);
-        let mut out = vec![0f32; x.len()];
-        let step = n * rows_per_task(n);
-        out.par_chunks_mut(step)
-            .zip(x.par_chunks(step))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for (o, &x) in o.iter_mut().zip(x) {
-                        *o = (x - max).exp();
-                        sum += *o;
-                    }
-                    let inv = 1.0 / sum;
-                    o.iter_mut().for_each(|o| *o *= inv);
+        let out = map_blocks(x, n * rows_per_task(n), |o, x| {
+            for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = (x - max).exp();
+                    sum += *o;
                 }
-            });
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|o| *o *= inv);
+            }
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -118,22 +138,15 @@ impl CustomOp2 for SoftmaxBackward {
         let y = values(self.name(), s1, l1)?;
         let dy = values(self.name(), s2, l2)?;
         let n = last_dim(l1);
-        let mut dx = vec![0f32; y.len()];
-        let step = n * rows_per_task(n);
-        dx.par_chunks_mut(step)
-            .zip(y.par_chunks(step).zip(dy.par_chunks(step)))
-            .for_each(|(dx, (y, dy))| {
-                for ((dx, y), dy) in dx
-                    .chunks_exact_mut(n)
-                    .zip(y.chunks_exact(n))
-                    .zip(dy.chunks_exact(n))
-                {
-                    let dot: f32 = y.iter().zip(dy).map(|(y, d)| y * d).sum();
-                    for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
-                        *dx = y * (dy - dot);
-                    }
+        let dx = map_blocks2(y, dy, n * rows_per_task(n), |dx, y, dy| {
+            let rows = dx.chunks_exact_mut(n).zip(y.chunks_exact(n));
+            for ((dx, y), dy) in rows.zip(dy.chunks_exact(n)) {
+                let dot: f32 = y.iter().zip(dy).map(|(y, d)| y * d).sum();
+                for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+                    *dx = y * (dy - dot);
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -206,18 +219,14 @@ impl CustomOp3 for LayerNormOp {
         if w.len() != n || b.len() != n {
             candle_core::bail!("{}: gain/shift width differs from {n}", self.name());
         }
-        let mut out = vec![0f32; x.len()];
-        let step = n * rows_per_task(n);
-        out.par_chunks_mut(step)
-            .zip(x.par_chunks(step))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                    let (mean, rstd) = row_stats(x, self.eps);
-                    for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                        *o = (x - mean) * rstd * w + b;
-                    }
+        let out = map_blocks(x, n * rows_per_task(n), |o, x| {
+            for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                let (mean, rstd) = row_stats(x, self.eps);
+                for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                    *o = (x - mean) * rstd * w + b;
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -343,14 +352,11 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = values(self.name(), s, l)?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(TASK_ELEMENTS)
-            .zip(x.par_chunks(TASK_ELEMENTS))
-            .for_each(|(o, x)| {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = x * phi_cdf(x);
-                }
-            });
+        let out = map_blocks(x, TASK_ELEMENTS, |o, x| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = x * phi_cdf(x);
+            }
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -379,18 +385,12 @@ impl CustomOp2 for GeluBackward {
         let dy = values(self.name(), s2, l2)?;
         // 1/√(2π)
         const INV_SQRT_2PI: f32 = 0.398_942_3;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(TASK_ELEMENTS)
-            .zip(
-                x.par_chunks(TASK_ELEMENTS)
-                    .zip(dy.par_chunks(TASK_ELEMENTS)),
-            )
-            .for_each(|(dx, (x, dy))| {
-                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                    let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
-                    *dx = dy * (phi_cdf(x) + x * pdf);
-                }
-            });
+        let dx = map_blocks2(x, dy, TASK_ELEMENTS, |dx, x, dy| {
+            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+                *dx = dy * (phi_cdf(x) + x * pdf);
+            }
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
