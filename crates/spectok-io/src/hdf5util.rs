@@ -227,7 +227,10 @@ pub fn check_global_heaps(path: &Path) -> Result<Option<GlobalHeaps>> {
         offset += (filled - keep) as u64;
         carry = keep;
     }
-    let mut file = std::io::BufReader::new(file);
+    let mut file = std::io::BufReader::with_capacity(1 << 16, file);
+    // Where `file` stands: moves forward within its buffer are relative
+    // seeks, which keep the buffer (an absolute seek always drops it).
+    let mut pos = file.stream_position().map_err(os)?;
     for start in starts {
         let loc = || {
             Location::file(path)
@@ -236,7 +239,12 @@ pub fn check_global_heaps(path: &Path) -> Result<Option<GlobalHeaps>> {
         };
         let mut head = [0u8; 16];
         let mut read_at = |at: u64, buf: &mut [u8; 16]| {
-            file.seek(SeekFrom::Start(at))
+            let moved = match at.checked_sub(pos) {
+                Some(ahead) => file.seek_relative(ahead as i64),
+                None => file.seek(SeekFrom::Start(at)).map(|_| ()),
+            };
+            pos = at + 16;
+            moved
                 .and_then(|_| file.read_exact(buf))
                 .map_err(|_| Error::bad(loc(), "cut short"))
         };
@@ -453,21 +461,48 @@ fn check_dataset_strings(
                         "chunks of {chunk:?} elements are too large to check"
                     ))
                 })?;
-            let count = ds.num_chunks().unwrap_or(0);
+            // Chunks by their grid coordinates (a B-tree lookup each) when
+            // the grid is not much larger than the chunks stored, else by
+            // the coordinates of each stored chunk (HDF5 1.10 walks its
+            // index from the start to find the i-th one).
+            let stored = ds.num_chunks().unwrap_or(0) as u64;
+            let grid_dims: Vec<u64> = shape
+                .iter()
+                .zip(&chunk)
+                .map(|(&s, &c)| s.div_ceil(c))
+                .collect();
+            let grid = grid_dims.iter().try_fold(1u64, |a, &g| a.checked_mul(g));
+            let by_grid = matches!(grid, Some(g) if g <= 4 * stored + 1024);
+            let count = if by_grid { grid.unwrap_or(0) } else { stored };
             for c in 0..count {
-                let info = ds
-                    .chunk_info(c)
-                    .ok_or_else(|| bad(format!("cannot locate chunk {c}")))?;
-                let stored = read_bytes(info.addr.saturating_sub(heaps.base), info.size)?;
-                let bytes = unfilter(stored, &filters, info.filter_mask, chunk_bytes, desc_size)
-                    .map_err(|why| bad(format!("chunk {c}: {why}")))?;
+                let offset = if by_grid {
+                    let mut rest = c;
+                    let mut offset = vec![0u64; chunk.len()];
+                    for k in (0..chunk.len()).rev() {
+                        offset[k] = rest % grid_dims[k] * chunk[k];
+                        rest /= grid_dims[k];
+                    }
+                    offset
+                } else {
+                    let info = ds
+                        .chunk_info(c as usize)
+                        .ok_or_else(|| bad(format!("cannot locate chunk {c}")))?;
+                    info.offset
+                };
+                let (filter_mask, stored) = match read_raw_chunk(ds, &offset, file_len) {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => continue, // not stored: fill values
+                    Err(why) => return Err(bad(format!("chunk at {offset:?}: {why}"))),
+                };
+                let bytes = unfilter(stored, &filters, filter_mask, chunk_bytes, desc_size)
+                    .map_err(|why| bad(format!("chunk at {offset:?}: {why}")))?;
                 // Elements of the chunk inside the dataset's extent.
                 for (i, d) in bytes.chunks_exact(desc_size).enumerate() {
                     let mut rest = i as u64;
                     let mut element = 0u64;
                     let mut inside = true;
                     for k in (0..chunk.len()).rev() {
-                        let pos = info.offset.get(k).copied().unwrap_or(0) + rest % chunk[k];
+                        let pos = offset.get(k).copied().unwrap_or(0) + rest % chunk[k];
                         rest /= chunk[k];
                         inside &= pos < shape[k];
                         let stride: u64 = shape[k + 1..].iter().product();
@@ -484,6 +519,62 @@ fn check_dataset_strings(
             "stored with {other:?} layout, which cannot be checked"
         ))),
     }
+}
+
+// Not bound by hdf5-metno-sys: the stored (filtered) size of the chunk
+// starting at `offset` (0 when it is not stored); HDF5 1.10.2 and later.
+unsafe extern "C" {
+    fn H5Dget_chunk_storage_size(
+        dset_id: hdf5_sys::h5i::hid_t,
+        offset: *const hdf5_sys::h5::hsize_t,
+        chunk_bytes: *mut hdf5_sys::h5::hsize_t,
+    ) -> hdf5_sys::h5::herr_t;
+}
+
+/// The stored bytes and filter mask of the chunk of `ds` starting at
+/// `offset` (one B-tree lookup), `None` when it is not stored. A stored
+/// size past `file_len` is refused before anything is allocated.
+fn read_raw_chunk(
+    ds: &hdf5::Dataset,
+    offset: &[u64],
+    file_len: u64,
+) -> std::result::Result<Option<(u32, Vec<u8>)>, String> {
+    let coords: Vec<hdf5_sys::h5::hsize_t> = offset.iter().map(|&o| o as _).collect();
+    let mut size: hdf5_sys::h5::hsize_t = 0;
+    // SAFETY: `coords` holds one coordinate per dimension of `ds` (the
+    // caller builds it from the dataset's shape) and `size` is valid for
+    // the call; the library is entered under hdf5-metno's lock.
+    let status = hdf5::sync::sync(|| unsafe {
+        H5Dget_chunk_storage_size(ds.id(), coords.as_ptr(), &mut size)
+    });
+    if status < 0 {
+        return Err("the library cannot find it".into());
+    }
+    if size == 0 {
+        return Ok(None);
+    }
+    if size > file_len {
+        return Err(format!(
+            "claims {size} stored bytes; the file has {file_len}"
+        ));
+    }
+    let mut buf = vec![0u8; size as usize];
+    let mut filter_mask = 0u32;
+    // SAFETY: as above, and `buf` has room for the chunk's stored size,
+    // which is what the library writes.
+    let status = hdf5::sync::sync(|| unsafe {
+        hdf5_sys::h5d::H5Dread_chunk(
+            ds.id(),
+            hdf5_sys::h5p::H5P_DEFAULT,
+            coords.as_ptr(),
+            &mut filter_mask,
+            buf.as_mut_ptr().cast(),
+        )
+    });
+    if status < 0 {
+        return Err("the library cannot read it".into());
+    }
+    Ok(Some((filter_mask, buf)))
 }
 
 /// Undoes a chunk's filter pipeline (shuffle, deflate, Fletcher-32),

@@ -419,22 +419,31 @@ fn replace<T: hdf5::H5Type>(file: &Path, name: &str, values: &[T]) {
     }
 }
 
-/// Rewrites string dataset `name` of `file` (its values kept) stored
-/// contiguously, or chunked with the shuffle filter and no compression, then applies
+/// Rewrites string dataset `name` of `file` (its values kept, the extent
+/// grown to `extent` elements) stored contiguously, or chunked with the
+/// shuffle filter and no compression, then applies
 /// `edit` to the stored descriptor of its first element: the 4-byte
 /// length, 8-byte heap collection address and 4-byte object index.
-fn edit_string_descriptor(file: &Path, name: &str, chunked: bool, edit: impl Fn(&mut [u8; 16])) {
+fn edit_string_descriptor(
+    file: &Path,
+    name: &str,
+    chunked: bool,
+    extent: usize,
+    edit: impl Fn(&mut [u8; 16]),
+) {
     use hdf5::types::VarLenUnicode;
     let (at, stride) = {
         let f = hdf5::File::open_rw(file).unwrap();
         let values: Vec<VarLenUnicode> = f.dataset(name).unwrap().read_raw().unwrap();
         f.unlink(name).unwrap();
-        let mut b = f.new_dataset::<VarLenUnicode>().shape(values.len());
+        let mut b = f
+            .new_dataset::<VarLenUnicode>()
+            .shape(extent.max(values.len()));
         if chunked {
             b = b.chunk(values.len()).shuffle();
         }
         let ds = b.create(name).unwrap();
-        ds.write_raw(&values).unwrap();
+        ds.write_slice(&values, 0..values.len()).unwrap();
         f.flush().unwrap();
         if chunked {
             // Shuffled, byte k of element 0 is at k × elements; the library
@@ -891,12 +900,17 @@ fn hdf5_cases(c: &mut Corpus) {
             Box::new(|d: &mut [u8; 16]| d[4..12].copy_from_slice(&8u64.to_le_bytes())),
         ),
     ];
-    for chunked in [false, true] {
+    // "sparse": one chunk stored of a 10M-element extent, so the chunks are
+    // found through the library's index rather than by grid position.
+    for (layout, chunked, extent) in [
+        ("contiguous", false, 0),
+        ("chunked", true, 0),
+        ("sparse", true, 10_000_000),
+    ] {
         for (what, expect, edit) in &descriptor_edits {
-            let layout = if chunked { "chunked" } else { "contiguous" };
             let p = c.path(&format!("shard-string-{what}-{layout}.h5"));
             std::fs::copy(&base, &p).unwrap();
-            edit_string_descriptor(&p, "id", chunked, edit);
+            edit_string_descriptor(&p, "id", chunked, extent, edit);
             for fmt in [None, Some(Format::SpectokShard)] {
                 let msgs = c.check(&p, fmt, Error);
                 assert!(
