@@ -921,6 +921,14 @@ fn hdf5_cases(c: &mut Corpus) {
             }
         }
     }
+    // A file that passed the checks once is not checked again while it is
+    // unchanged; a write brings the checks back.
+    let p = c.path("shard-checked-then-broken.h5");
+    std::fs::copy(&base, &p).unwrap();
+    c.check(&p, None, Spectra);
+    edit_string_descriptor(&p, "id", false, 0, claim(i32::MAX as u32));
+    c.check(&p, None, Error);
+
     // A version 0 superblock points (at byte 48) to a driver information
     // block; the library reads as many bytes as the block's header claims
     // before it checks the end of file (at byte 40): a 4 GB claim made it
