@@ -297,7 +297,9 @@ pub fn check_global_heaps(path: &Path) -> Result<Option<GlobalHeaps>> {
             let idx = u16::from_le_bytes([head[0], head[1]]);
             let osize = u64::from_le_bytes(head[8..16].try_into().unwrap_or_default());
             let need = if idx > 0 {
-                osize.checked_add(7).map(|x| 16 + x / 8 * 8)
+                osize
+                    .checked_add(7)
+                    .and_then(|x| (x / 8 * 8).checked_add(16))
             } else {
                 Some(osize)
             };
@@ -405,7 +407,7 @@ fn check_dataset_strings(
     };
     let desc_size = 4 + heaps.offset_size + 4;
     let shape: Vec<u64> = ds.shape().iter().map(|&d| d as u64).collect();
-    let elements: u64 = shape.iter().product();
+    let elements = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
     let os = |source| Error::Os {
         path: path.to_path_buf(),
         source,
@@ -460,8 +462,8 @@ fn check_dataset_strings(
                 return Ok(()); // nothing stored: every element is the fill value
             };
             let n = elements
-                .checked_mul(desc_size as u64)
-                .ok_or_else(|| bad(format!("{elements} elements overflow")))?;
+                .and_then(|e| e.checked_mul(desc_size as u64))
+                .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
             let bytes = read_bytes(addr.saturating_sub(heaps.base), n)?;
             for (i, d) in bytes.chunks_exact(desc_size).enumerate() {
                 check(d, i as u64)?;
@@ -504,14 +506,15 @@ fn check_dataset_strings(
                 .map(|(&s, &c)| s.div_ceil(c))
                 .collect();
             let grid = grid_dims.iter().try_fold(1u64, |a, &g| a.checked_mul(g));
-            let by_grid = matches!(grid, Some(g) if g <= 4 * stored + 1024);
+            let by_grid =
+                matches!(grid, Some(g) if g <= stored.saturating_mul(4).saturating_add(1024));
             let count = if by_grid { grid.unwrap_or(0) } else { stored };
             for c in 0..count {
                 let offset = if by_grid {
                     let mut rest = c;
                     let mut offset = vec![0u64; chunk.len()];
                     for k in (0..chunk.len()).rev() {
-                        offset[k] = rest % grid_dims[k] * chunk[k];
+                        offset[k] = (rest % grid_dims[k]).saturating_mul(chunk[k]);
                         rest /= grid_dims[k];
                     }
                     offset
@@ -534,11 +537,18 @@ fn check_dataset_strings(
                     let mut element = 0u64;
                     let mut inside = true;
                     for k in (0..chunk.len()).rev() {
-                        let pos = offset.get(k).copied().unwrap_or(0) + rest % chunk[k];
+                        let pos = offset
+                            .get(k)
+                            .copied()
+                            .unwrap_or(0)
+                            .saturating_add(rest % chunk[k]);
                         rest /= chunk[k];
                         inside &= pos < shape[k];
-                        let stride: u64 = shape[k + 1..].iter().product();
-                        element += pos * stride;
+                        // (for messages only; saturates on absurd shapes)
+                        let stride = shape[k + 1..]
+                            .iter()
+                            .fold(1u64, |a, &d| a.saturating_mul(d));
+                        element = element.saturating_add(pos.saturating_mul(stride));
                     }
                     if inside {
                         check(d, element)?;
@@ -634,7 +644,8 @@ fn unfilter(
                 data
             }
             Filter::Deflate(_) => {
-                let mut out = Vec::with_capacity(size as usize);
+                // Grows with the data: the expected size comes from the file too.
+                let mut out = Vec::with_capacity((size as usize).min(data.len().saturating_mul(8)));
                 flate2::read::ZlibDecoder::new(&data[..])
                     .take(size + 1)
                     .read_to_end(&mut out)

@@ -855,13 +855,16 @@ fn hdf5_cases(c: &mut Corpus) {
         .position(|w| w == b"GCOL\x01\0\0\0")
         .expect("a shard has a global heap");
     let first_object = gcol + 16;
-    let mut b = base_bytes.clone();
-    b[first_object + 8..first_object + 16].copy_from_slice(&16_711_684u64.to_le_bytes());
-    for fmt in [None, Some(Format::SpectokShard), Some(Format::MmuHdf5)] {
-        let p = c.path("shard-heap-object-overrun.h5");
-        std::fs::write(&p, &b).unwrap();
-        let msgs = c.check(&p, fmt, Error);
-        assert!(msgs.iter().any(|m| m.contains("global heap")), "{msgs:?}");
+    // (and a size near 2⁶⁴, whose padding would overflow)
+    for claim in [16_711_684u64, u64::MAX - 8] {
+        let mut b = base_bytes.clone();
+        b[first_object + 8..first_object + 16].copy_from_slice(&claim.to_le_bytes());
+        for fmt in [None, Some(Format::SpectokShard), Some(Format::MmuHdf5)] {
+            let p = c.path(&format!("shard-heap-object-{claim}.h5"));
+            std::fs::write(&p, &b).unwrap();
+            let msgs = c.check(&p, fmt, Error);
+            assert!(msgs.iter().any(|m| m.contains("global heap")), "{msgs:?}");
+        }
     }
     let mut b = base_bytes.clone();
     let size = u64::from_le_bytes(b[gcol + 8..gcol + 16].try_into().unwrap()) as usize;
