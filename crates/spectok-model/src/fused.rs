@@ -1,5 +1,5 @@
 //! Fused CPU kernels with their backward passes: softmax over the last
-//! dimension, LayerNorm and the exact (erf) GELU.
+//! dimension, LayerNorm, the exact (erf) GELU and a row-broadcast bias.
 //!
 //! candle's own fused softmax and LayerNorm have no backward pass, and its
 //! differentiable composites take 5–10 memory passes forward and as many
@@ -148,6 +148,86 @@ impl CustomOp2 for SoftmaxBackward {
             }
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// `softmax(logits + bias)` over the last dimension, where `logits` is
+/// `(B, …, Sk)` and `bias` `(B, 1, …, 1, Sk)` (an attention key mask; it
+/// gets no gradient). One pass forward; the sum `logits + bias`, which
+/// candle would materialise and give a full-size gradient buffer in the
+/// backward pass, never exists.
+pub fn softmax_with_bias(logits: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if !(fusable(logits) && fusable(bias)) {
+        return candle_nn::ops::softmax(&logits.broadcast_add(bias)?, D::Minus1);
+    }
+    let bias = bias.detach().contiguous()?;
+    logits.contiguous()?.apply_op2(&bias, SoftmaxWithBias)
+}
+
+struct SoftmaxWithBias;
+
+impl CustomOp2 for SoftmaxWithBias {
+    fn name(&self) -> &'static str {
+        "spectok-softmax-with-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = values(self.name(), s1, l1)?;
+        let bias = values(self.name(), s2, l2)?;
+        let n = last_dim(l1);
+        let batch = l1.dims().first().copied().unwrap_or(1);
+        if bias.len() != batch * n {
+            candle_core::bail!(
+                "{}: bias of {} values does not suit {:?}",
+                self.name(),
+                bias.len(),
+                l1.dims()
+            );
+        }
+        // Rows of one batch element share its bias row.
+        let rows_per_batch = (x.len() / n.max(1)) / batch.max(1);
+        let step = n * rows_per_task(n);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(step)
+            .zip(x.par_chunks(step))
+            .enumerate()
+            .for_each(|(block, (o, x))| {
+                let first_row = block * (step / n.max(1));
+                for (r, (o, x)) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)).enumerate() {
+                    let b = (first_row + r) / rows_per_batch.max(1);
+                    let bias = &bias[b * n..(b + 1) * n];
+                    let mut max = f32::NEG_INFINITY;
+                    for ((o, &x), &c) in o.iter_mut().zip(x).zip(bias) {
+                        *o = x + c;
+                        max = max.max(*o);
+                    }
+                    let mut sum = 0f32;
+                    for o in o.iter_mut() {
+                        *o = (*o - max).exp();
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    o.iter_mut().for_each(|o| *o *= inv);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _logits: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        Ok((Some(res.apply_op2_no_bwd(&grad, &SoftmaxBackward)?), None))
     }
 }
 
@@ -327,6 +407,95 @@ impl CustomOp3 for LayerNormBackward {
 }
 
 // ---------------------------------------------------------------------------
+// Bias
+// ---------------------------------------------------------------------------
+
+/// `x + bias` with `bias` (the width of `x`'s last dimension) broadcast
+/// over the rows. The backward pass sums the gradient's rows in parallel
+/// blocks; candle's `broadcast_add` backward reduces over the leading
+/// dimensions with a strided single-threaded sum.
+pub fn add_bias(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if !(fusable(xs) && fusable(bias)) {
+        return xs.broadcast_add(bias);
+    }
+    xs.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
+}
+
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "spectok-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = values(self.name(), s1, l1)?;
+        let b = values(self.name(), s2, l2)?;
+        let n = last_dim(l1);
+        if b.len() != n {
+            candle_core::bail!("{}: bias width {} differs from {n}", self.name(), b.len());
+        }
+        let out = map_blocks(x, n * rows_per_task(n), |o, x| {
+            for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                for ((o, &x), &b) in o.iter_mut().zip(x).zip(b) {
+                    *o = x + b;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let db = grad.apply_op1_no_bwd(&SumRows)?.reshape(bias.shape())?;
+        Ok((Some(grad), Some(db)))
+    }
+}
+
+/// Sums the rows of a tensor: `(…, n)` → `(n)`.
+struct SumRows;
+
+impl CustomOp1 for SumRows {
+    fn name(&self) -> &'static str {
+        "spectok-sum-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = values(self.name(), s, l)?;
+        let n = last_dim(l);
+        let sums = x
+            .par_chunks(n * rows_per_task(n))
+            .map(|block| {
+                let mut acc = vec![0f32; n];
+                for row in block.chunks_exact(n) {
+                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                }
+                acc
+            })
+            .reduce(
+                || vec![0f32; n],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        Ok((CpuStorage::F32(sums), Shape::from(n)))
+    }
+}
+
+// ---------------------------------------------------------------------------
 // GELU
 // ---------------------------------------------------------------------------
 
@@ -478,6 +647,41 @@ mod tests {
             agree(&shape, |t| gelu_erf(&t[0]), |t| t[0].gelu_erf(), &[])?;
         }
         Ok(())
+    }
+
+    #[test]
+    fn fused_bias_equals_broadcast_add_forward_and_backward() -> Result<()> {
+        let dev = Device::Cpu;
+        for (shape, n) in [(vec![3usize, 7], 7usize), (vec![4, 300, 64], 64)] {
+            let b = Tensor::randn(0f32, 1.0, n, &dev)?;
+            agree(
+                &shape,
+                |t| add_bias(&t[0], &t[1]),
+                |t| t[0].broadcast_add(&t[1]),
+                &[b],
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_softmax_with_bias_equals_the_composite() -> Result<()> {
+        let dev = Device::Cpu;
+        // A key mask: 0 where attendable, MASK_LOGIT elsewhere.
+        let keep = Tensor::new(&[[1u8, 1, 0, 1, 0], [1, 0, 1, 1, 1]], &dev)?;
+        let bias = keep
+            .where_cond(
+                &Tensor::zeros((2, 5), DType::F32, &dev)?,
+                &Tensor::full(crate::layers::MASK_LOGIT, (2, 5), &dev)?,
+            )?
+            .reshape((2, 1, 1, 5))?;
+        let b = bias.clone();
+        agree(
+            &[2, 3, 4, 5],
+            move |t| softmax_with_bias(&t[0], &b),
+            move |t| candle_nn::ops::softmax(&t[0].broadcast_add(&bias)?, D::Minus1),
+            &[],
+        )
     }
 
     #[test]
