@@ -56,6 +56,12 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
+/// Whether `xs` takes the fused kernels (an f32 CPU tensor, kernels
+/// enabled), for callers that arrange their work around them.
+pub fn applies(xs: &Tensor) -> bool {
+    fusable(xs)
+}
+
 /// Whether `xs` can take the fused kernels.
 fn fusable(xs: &Tensor) -> bool {
     ENABLED.load(Ordering::Relaxed) && xs.device().is_cpu() && xs.dtype() == DType::F32
@@ -116,12 +122,18 @@ impl CustomOp1 for Softmax {
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
-        Ok(Some(res.apply_op2_no_bwd(&grad, &SoftmaxBackward)?))
+        Ok(Some(res.apply_op2_no_bwd(
+            &grad,
+            &SoftmaxBackward { scale: 1.0 },
+        )?))
     }
 }
 
-/// `dx = y ⊙ (dy − Σ dy ⊙ y)` per row, from the softmax output `y`.
-struct SoftmaxBackward;
+/// `dx = scale · y ⊙ (dy − Σ dy ⊙ y)` per row, from the softmax output
+/// `y` of `softmax(scale · x + …)`.
+struct SoftmaxBackward {
+    scale: f32,
+}
 
 impl CustomOp2 for SoftmaxBackward {
     fn name(&self) -> &'static str {
@@ -143,7 +155,7 @@ impl CustomOp2 for SoftmaxBackward {
             for ((dx, y), dy) in rows.zip(dy.chunks_exact(n)) {
                 let dot: f32 = y.iter().zip(dy).map(|(y, d)| y * d).sum();
                 for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
-                    *dx = y * (dy - dot);
+                    *dx = self.scale * y * (dy - dot);
                 }
             }
         });
@@ -151,20 +163,30 @@ impl CustomOp2 for SoftmaxBackward {
     }
 }
 
-/// `softmax(logits + bias)` over the last dimension, where `logits` is
+/// `softmax(scale · logits + bias)` over the last dimension, where `logits` is
 /// `(B, …, Sk)` and `bias` `(B, 1, …, 1, Sk)` (an attention key mask; it
 /// gets no gradient). One pass forward; the sum `logits + bias`, which
 /// candle would materialise and give a full-size gradient buffer in the
 /// backward pass, never exists.
-pub fn softmax_with_bias(logits: &Tensor, bias: &Tensor) -> Result<Tensor> {
+pub fn softmax_with_bias(logits: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
     if !(fusable(logits) && fusable(bias)) {
-        return candle_nn::ops::softmax(&logits.broadcast_add(bias)?, D::Minus1);
+        let scaled = if scale == 1.0 {
+            logits.clone()
+        } else {
+            (logits * scale)?
+        };
+        return candle_nn::ops::softmax(&scaled.broadcast_add(bias)?, D::Minus1);
     }
     let bias = bias.detach().contiguous()?;
-    logits.contiguous()?.apply_op2(&bias, SoftmaxWithBias)
+    let op = SoftmaxWithBias {
+        scale: scale as f32,
+    };
+    logits.contiguous()?.apply_op2(&bias, op)
 }
 
-struct SoftmaxWithBias;
+struct SoftmaxWithBias {
+    scale: f32,
+}
 
 impl CustomOp2 for SoftmaxWithBias {
     fn name(&self) -> &'static str {
@@ -204,7 +226,7 @@ impl CustomOp2 for SoftmaxWithBias {
                     let bias = &bias[b * n..(b + 1) * n];
                     let mut max = f32::NEG_INFINITY;
                     for ((o, &x), &c) in o.iter_mut().zip(x).zip(bias) {
-                        *o = x + c;
+                        *o = self.scale * x + c;
                         max = max.max(*o);
                     }
                     let mut sum = 0f32;
@@ -227,7 +249,8 @@ impl CustomOp2 for SoftmaxWithBias {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        Ok((Some(res.apply_op2_no_bwd(&grad, &SoftmaxBackward)?), None))
+        let backward = SoftmaxBackward { scale: self.scale };
+        Ok((Some(res.apply_op2_no_bwd(&grad, &backward)?), None))
     }
 }
 
@@ -678,8 +701,8 @@ mod tests {
         let b = bias.clone();
         agree(
             &[2, 3, 4, 5],
-            move |t| softmax_with_bias(&t[0], &b),
-            move |t| candle_nn::ops::softmax(&t[0].broadcast_add(&bias)?, D::Minus1),
+            move |t| softmax_with_bias(&t[0], &b, 0.3),
+            move |t| candle_nn::ops::softmax(&(&t[0] * 0.3)?.broadcast_add(&bias)?, D::Minus1),
             &[],
         )
     }

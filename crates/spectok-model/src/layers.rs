@@ -158,13 +158,13 @@ impl Module for Mlp {
 /// of tokens once a batch passes this size.
 pub const ATTENTION_CHUNK_LOGITS: usize = 1 << 26;
 
-/// f32 attention weights `softmax(q kᵀ + bias)` of `(B, H, Sq, Dh)`
-/// queries over `(B, H, Sk, Dh)` keys; `bias` is `(B, 1, 1, Sk)`.
-fn attention_weights(q: &Tensor, k: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    crate::fused::softmax_with_bias(&q.matmul(&k.t()?)?.to_dtype(DType::F32)?, bias)
+/// f32 attention weights `softmax(scale · q kᵀ + bias)` of `(B, H, Sq,
+/// Dh)` queries over `(B, H, Sk, Dh)` keys; `bias` is `(B, 1, 1, Sk)`.
+fn attention_weights(q: &Tensor, k: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    crate::fused::softmax_with_bias(&q.matmul(&k.t()?)?.to_dtype(DType::F32)?, bias, scale)
 }
 
-/// Inference attention `softmax(q kᵀ + bias) v`, over chunks of queries so that at most `max_logits` logits
+/// Inference attention `softmax(scale · q kᵀ + bias) v`, over chunks of queries so that at most `max_logits` logits
 /// exist at once (queries attend independently, so the result equals the
 /// unchunked one).
 pub fn attend_chunked(
@@ -172,6 +172,7 @@ pub fn attend_chunked(
     k: &Tensor,
     v: &Tensor,
     bias: &Tensor,
+    scale: f64,
     max_logits: usize,
 ) -> Result<Tensor> {
     let (b, h, sq, _) = q.dims4()?;
@@ -179,7 +180,7 @@ pub fn attend_chunked(
     let per_query = (b * h * sk).max(1);
     let chunk = (max_logits / per_query).clamp(1, sq.max(1));
     let attend = |q: &Tensor| -> Result<Tensor> {
-        attention_weights(q, k, bias)?
+        attention_weights(q, k, bias, scale)?
             .to_dtype(v.dtype())?
             .matmul(v)
     };
@@ -247,22 +248,27 @@ impl Attention {
         let q = self.split_heads(&x_q.apply(&self.q)?)?;
         let k = self.split_heads(&x_kv.apply(&self.k)?)?;
         let v = self.split_heads(&x_kv.apply(&self.v)?)?;
-        // The 1/√d scale goes on q (B·S·D values rather than B·H·S·S
-        // logits), and masked keys get an additive MASK_LOGIT bias built
-        // once per call at (B, 1, 1, Sk): cheaper than a full-size select,
-        // forward and backward.
+        // The 1/√d scale is applied inside the fused softmax on the CPU
+        // (no pass of its own), else on q (B·S·D values rather than
+        // B·H·S·S logits); masked keys get an additive MASK_LOGIT bias
+        // built once per call at (B, 1, 1, Sk): cheaper than a full-size
+        // select, forward and backward.
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = (q * scale)?;
+        let (q, scale) = if crate::fused::applies(&q) {
+            (q, scale)
+        } else {
+            ((q * scale)?, 1.0)
+        };
         let dev = q.device();
         let bias = key_mask.reshape((b, 1, 1, sk))?.where_cond(
             &Tensor::zeros((b, 1, 1, sk), DType::F32, dev)?,
             &Tensor::new(MASK_LOGIT, dev)?.broadcast_as((b, 1, 1, sk))?,
         )?;
         let heads_out = if train {
-            let weights = attention_weights(&q, &k, &bias)?.to_dtype(v.dtype())?;
+            let weights = attention_weights(&q, &k, &bias, scale)?.to_dtype(v.dtype())?;
             dropout(&weights, self.dropout, train)?.matmul(&v)?
         } else {
-            attend_chunked(&q, &k, &v, &bias, ATTENTION_CHUNK_LOGITS)?
+            attend_chunked(&q, &k, &v, &bias, scale, ATTENTION_CHUNK_LOGITS)?
         };
         heads_out
             .transpose(1, 2)?
@@ -292,9 +298,9 @@ mod tests {
             &Tensor::zeros((b, 1, 1, sk), DType::F32, &dev)?,
             &Tensor::new(MASK_LOGIT, &dev)?.broadcast_as((b, 1, 1, sk))?,
         )?;
-        let whole = attend_chunked(&q, &k, &v, &bias, usize::MAX)?;
+        let whole = attend_chunked(&q, &k, &v, &bias, 0.5, usize::MAX)?;
         for max_logits in [1, b * h * sk * 5, b * h * sk * 36] {
-            let parts = attend_chunked(&q, &k, &v, &bias, max_logits)?;
+            let parts = attend_chunked(&q, &k, &v, &bias, 0.5, max_logits)?;
             let diff = (&parts - &whole)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff < 5e-6, "max_logits {max_logits}: diff {diff}");
         }
@@ -304,7 +310,7 @@ mod tests {
             &[1..2, 0..h, 20..21, 0..dh],
             &Tensor::ones((1, h, 1, dh), DType::F32, &dev)?,
         )?;
-        let moved = attend_chunked(&q, &k, &(v2 + bump)?, &bias, 64)?;
+        let moved = attend_chunked(&q, &k, &(v2 + bump)?, &bias, 0.5, 64)?;
         let diff = (&moved - &whole)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "masked key changed the output by {diff}");
         Ok(())
