@@ -14,47 +14,19 @@ pub const SHARD_MARKER: &str = "spectok_shard_version";
 /// its superblock, its global heaps and the variable-length strings that
 /// point into them (see [`check_global_heaps`] and [`check_strings`]).
 ///
-/// The checks read the whole file; a file that passed them is remembered
-/// (by device, inode, size, modification and status-change times) for the
-/// life of the process, so detection followed by reading, or a shard
-/// counted and then read, pays for them once; any write to the file
-/// changes its times and brings the checks back.
+/// The checks run at every open: a cache keyed by the file's identity and
+/// times could not tell a file rewritten in place within one timestamp
+/// tick (libFuzzer does exactly that) from the file that passed.
 pub fn open(path: &Path) -> Result<hdf5::File> {
-    let key = checked_key(path);
-    let known = key
-        .as_ref()
-        .is_some_and(|k| CHECKED.lock().map(|c| c.contains(k)).unwrap_or(false));
-    let heaps = if known {
-        None
-    } else {
-        Some(check_global_heaps(path)?)
-    };
+    let heaps = check_global_heaps(path)?;
     let file = hdf5::File::open(path).map_err(|e| {
         Error::bad(
             Location::file(path),
             format!("cannot open as HDF5: {}", one_line(&e)),
         )
     })?;
-    if let Some(heaps) = heaps {
-        check_strings(path, &file, heaps.as_ref())?;
-        if let (Some(k), Ok(mut checked)) = (key, CHECKED.lock()) {
-            checked.insert(k);
-        }
-    }
+    check_strings(path, &file, heaps.as_ref())?;
     Ok(file)
-}
-
-/// Files that passed [`open`]'s checks: device, inode, size and
-/// modification time.
-static CHECKED: std::sync::Mutex<
-    std::collections::BTreeSet<(u64, u64, u64, std::time::SystemTime)>,
-> = std::sync::Mutex::new(std::collections::BTreeSet::new());
-
-/// The identity of the file at `path` for [`CHECKED`].
-fn checked_key(path: &Path) -> Option<(u64, u64, u64, std::time::SystemTime)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
 }
 
 /// Detects the layout of an HDF5 file.
