@@ -1115,16 +1115,29 @@ fn scan_cards(mut reader: impl std::io::Read, path: &Path) -> std::result::Resul
 }
 
 /// The keyword of `card` when it is one of [`STRING_TABLE_KEYS`] with an
-/// index and a value that does not start with a quote.
+/// index and a value that does not start with a quote, as cfitsio reads
+/// them: the index is what `strtol` accepts (leading spaces, a sign,
+/// digits), the value indicator is `=` in column 9 whatever follows it,
+/// and the value starts at the first non-space after it.
 fn unquoted_string_key(card: &[u8]) -> Option<String> {
-    let key = std::str::from_utf8(&card[..8]).ok()?.trim_end();
-    let stem = STRING_TABLE_KEYS.iter().find(|k| key.starts_with(*k))?;
+    let mut key = &card[..8];
+    while let [rest @ .., b' '] = key {
+        key = rest;
+    }
+    let stem = STRING_TABLE_KEYS
+        .iter()
+        .find(|k| key.starts_with(k.as_bytes()))?;
     let index = &key[stem.len()..];
-    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) || &card[8..10] != b"= " {
+    let digits = index.trim_ascii_start();
+    let digits = digits
+        .strip_prefix(b"+")
+        .or_else(|| digits.strip_prefix(b"-"))
+        .unwrap_or(digits);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || card[8] != b'=' {
         return None;
     }
-    let value = card[10..].iter().find(|&&b| b != b' ');
-    matches!(value, Some(&b) if b != b'\'').then(|| key.to_string())
+    let value = card[9..].iter().find(|&&b| b != b' ');
+    matches!(value, Some(&b) if b != b'\'').then(|| String::from_utf8_lossy(key).into_owned())
 }
 
 #[cfg(test)]
@@ -1144,6 +1157,15 @@ mod card_tests {
         assert_eq!(
             unquoted_string_key(&card("TFORM12 = 1E")),
             Some("TFORM12".into())
+        );
+        // cfitsio takes `=` in column 9 as the value indicator whatever
+        // follows it (fuzzing: `TTYPE13 =` and 70 bytes of binary data).
+        let mut binary = b"TTYPE13 =".to_vec();
+        binary.extend((0..71).map(|i| 0xE0u8.wrapping_add(i)));
+        assert_eq!(unquoted_string_key(&binary), Some("TTYPE13".into()));
+        assert_eq!(
+            unquoted_string_key(&card("TUNIT+2 =km")),
+            Some("TUNIT+2".into())
         );
         for ok in [
             "TTYPE3  = 'FLUX    '           / label for field   3",
