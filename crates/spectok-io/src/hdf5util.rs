@@ -207,29 +207,40 @@ pub fn check_global_heaps(path: &Path) -> Result<Option<GlobalHeaps>> {
         objects: HashMap::new(),
     };
     file.seek(SeekFrom::Start(0)).map_err(os)?;
-    // Find collection starts: scan in blocks overlapping by 7 bytes.
+    // Find collection starts and chunked-layout messages: scan in blocks,
+    // carrying over the bytes whose patterns may continue in the next.
+    const WINDOW: usize = 16;
     let mut starts = Vec::new();
+    let mut layouts = Vec::new();
     let mut block = vec![0u8; 1 << 20];
     let mut offset: u64 = 0;
     let mut carry = 0usize;
     loop {
         let n = file.read(&mut block[carry..]).map_err(os)?;
         let filled = carry + n;
-        if filled < 8 {
-            break;
-        }
-        for i in 0..=filled - 8 {
-            if &block[i..i + 4] == GCOL && block[i + 4..i + 8] == [1, 0, 0, 0] {
+        let end = if n == 0 {
+            filled
+        } else {
+            filled.saturating_sub(WINDOW - 1)
+        };
+        for i in 0..end {
+            let at = &block[i..filled];
+            if at.len() >= 8 && &at[..4] == GCOL && at[4..8] == [1, 0, 0, 0] {
                 starts.push(offset + i as u64);
+            }
+            if at.len() >= LAYOUT_PATTERN_LEN && is_chunked_layout_message(at) {
+                layouts.push(offset + i as u64);
             }
         }
         if n == 0 {
             break;
         }
-        let keep = 7.min(filled);
-        block.copy_within(filled - keep..filled, 0);
-        offset += (filled - keep) as u64;
-        carry = keep;
+        block.copy_within(end..filled, 0);
+        offset += end as u64;
+        carry = filled - end;
+    }
+    for at in layouts {
+        check_chunked_layout(path, &mut file, len, at, offsets as usize)?;
     }
     let mut file = std::io::BufReader::with_capacity(1 << 16, file);
     // Where `file` stands: moves forward within its buffer are relative
@@ -295,6 +306,77 @@ pub fn check_global_heaps(path: &Path) -> Result<Option<GlobalHeaps>> {
         }
     }
     Ok(Some(heaps))
+}
+
+/// Bytes [`is_chunked_layout_message`] looks at.
+const LAYOUT_PATTERN_LEN: usize = 11;
+
+/// Whether `at` starts a version 1 object header message holding a
+/// version 3 chunked data layout: message type 8 (2 bytes), data size (2),
+/// flags (1), 3 reserved zero bytes, then layout version 3 and class 2.
+fn is_chunked_layout_message(at: &[u8]) -> bool {
+    at[0] == 8 && at[1] == 0 && at[5..10] == [0, 0, 0, 3, 2]
+}
+
+/// Most dimensions of a chunk, the dataset's rank plus one for the
+/// element (HDF5's `H5O_LAYOUT_NDIMS`).
+const LAYOUT_MAX_DIMS: usize = 33;
+
+/// Checks the chunked layout message found at byte `at`.
+///
+/// After the message header and the version and class bytes, a version 3
+/// chunked layout holds its dimensionality (the dataset's rank plus one),
+/// the address of the chunk index and a 4-byte size per dimension. HDF5
+/// 1.10.8 trusts all of them when it opens the dataset: a dimensionality
+/// of 0 or a chunk size of 0 makes it divide by zero (SIGFPE, found by
+/// fuzzing), one above 33 overruns its fixed arrays. Messages of version 2
+/// object headers (files written for the latest format only) are not
+/// matched.
+fn check_chunked_layout(
+    path: &Path,
+    file: &mut std::fs::File,
+    len: u64,
+    at: u64,
+    offset_size: usize,
+) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |why: String| {
+        Err(Error::bad(
+            Location::file(path)
+                .hdu("dataset layout")
+                .field(format!("message at byte {at}")),
+            why,
+        ))
+    };
+    let mut head = [0u8; LAYOUT_PATTERN_LEN];
+    file.seek(SeekFrom::Start(at))
+        .and_then(|_| file.read_exact(&mut head))
+        .map_err(|source| Error::Os {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let size = u16::from_le_bytes([head[2], head[3]]) as usize;
+    let dims = head[10] as usize;
+    if !(2..=LAYOUT_MAX_DIMS).contains(&dims) {
+        return bad(format!("chunked layout of dimensionality {dims}"));
+    }
+    let need = 3 + offset_size + 4 * dims;
+    if need > size || at + 8 + need as u64 > len {
+        return bad(format!(
+            "{dims} chunk dimensions do not fit its {size} bytes"
+        ));
+    }
+    let mut sizes = vec![0u8; 4 * dims];
+    file.seek(SeekFrom::Start(at + 8 + 3 + offset_size as u64))
+        .and_then(|_| file.read_exact(&mut sizes))
+        .map_err(|source| Error::Os {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if let Some(k) = sizes.chunks_exact(4).position(|d| d == [0, 0, 0, 0]) {
+        return bad(format!("chunk dimension {k} is 0"));
+    }
+    Ok(())
 }
 
 /// Groups below the root that [`check_strings`] descends into; spectok's

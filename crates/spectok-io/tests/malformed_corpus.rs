@@ -931,6 +931,31 @@ fn hdf5_cases(c: &mut Corpus) {
     edit_string_descriptor(&p, "id", false, 0, claim(i32::MAX as u32));
     c.check(&p, None, Error);
 
+    // HDF5 1.10 divides by a chunked layout's dimensions when it opens a
+    // dataset (SIGFPE for a dimensionality or a chunk size of 0): chunked
+    // layout messages are checked first.
+    let layout = base_bytes
+        .windows(11)
+        .position(|w| w[0] == 8 && w[1] == 0 && w[5..10] == [0, 0, 0, 3, 2])
+        .expect("a shard has chunked datasets");
+    for (what, at, value) in [
+        ("dimensionality-0", layout + 10, 0u8),
+        ("chunk-size-0", layout + 8 + 3 + 8, 0u8),
+    ] {
+        let mut b = base_bytes.clone();
+        b[at] = value;
+        if what == "chunk-size-0" {
+            b[at..at + 4].copy_from_slice(&[0; 4]);
+        }
+        let p = c.path(&format!("shard-layout-{what}.h5"));
+        std::fs::write(&p, &b).unwrap();
+        let msgs = c.check(&p, None, Error);
+        assert!(
+            msgs.iter().any(|m| m.contains("dataset layout")),
+            "{what}: {msgs:?}"
+        );
+    }
+
     // A version 0 superblock points (at byte 48) to a driver information
     // block; the library reads as many bytes as the block's header claims
     // before it checks the end of file (at byte 40): a 4 GB claim made it
