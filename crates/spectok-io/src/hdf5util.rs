@@ -426,11 +426,57 @@ pub fn check_strings(path: &Path, file: &hdf5::File, heaps: Option<&GlobalHeaps>
             }
             let full = format!("{group_name}/{name}");
             if let Ok(ds) = group.dataset(&name) {
+                check_dataset_type(path, &full, &ds)?;
                 check_dataset_strings(path, &full, &ds, heaps)?;
             } else if depth < STRING_CHECK_DEPTH && group.group(&name).is_ok() {
                 queue.push((full, depth + 1));
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks that a dataset's integer or float type is one a reader can
+/// convert: at most 8 bytes (16 for floats), precision and bit offset
+/// inside them. HDF5 1.10.8 accepts a stored type of 255 bytes with 32 bits
+/// of precision and then copies past its buffers when it converts the
+/// values (SIGSEGV, found by fuzzing); later releases refuse such types.
+fn check_dataset_type(path: &Path, name: &str, ds: &hdf5::Dataset) -> Result<()> {
+    use hdf5_sys::h5t::{H5T_class_t, H5Tget_class, H5Tget_offset, H5Tget_precision};
+    let name = name.trim_start_matches('/');
+    let bad = |why: String| Err(Error::bad(Location::file(path).hdu(name), why));
+    let dtype = match ds.dtype() {
+        Ok(t) => t,
+        Err(e) => return bad(format!("cannot read its type: {}", one_line(&e))),
+    };
+    // SAFETY: `dtype` is an open datatype handle for the calls, made under
+    // hdf5-metno's lock.
+    let (class, precision, offset) = hdf5::sync::sync(|| unsafe {
+        (
+            H5Tget_class(dtype.id()),
+            H5Tget_precision(dtype.id()),
+            H5Tget_offset(dtype.id()),
+        )
+    });
+    let numeric = matches!(
+        class,
+        H5T_class_t::H5T_INTEGER | H5T_class_t::H5T_FLOAT | H5T_class_t::H5T_BITFIELD
+    );
+    if !numeric {
+        return Ok(());
+    }
+    let size = dtype.size();
+    let bits = 8 * size;
+    let fits = offset >= 0 && precision >= 1 && (offset as usize).saturating_add(precision) <= bits;
+    let largest = if class == H5T_class_t::H5T_FLOAT {
+        16
+    } else {
+        8
+    };
+    if size > largest || !fits {
+        return bad(format!(
+            "numeric type of {size} bytes with {precision} bits of precision at bit offset {offset}"
+        ));
     }
     Ok(())
 }

@@ -956,6 +956,31 @@ fn hdf5_cases(c: &mut Corpus) {
         );
     }
 
+    // HDF5 1.10 accepts a stored integer type of 255 bytes with 32 bits of
+    // precision and copies past its buffers converting it (SIGSEGV).
+    // `mask` is the shard's only u32 dataset (the version attribute is u32
+    // too): a u32 datatype message is fixed-point version 1, size 4,
+    // offset 0, precision 32. Each is made 255 bytes in turn.
+    let u32_type = [0x10, 0, 0, 0, 4, 0, 0, 0, 0, 0, 32, 0];
+    let mut mask_refused = false;
+    for (k, at) in base_bytes
+        .windows(12)
+        .enumerate()
+        .filter(|(_, w)| *w == u32_type)
+        .map(|(i, _)| i)
+        .enumerate()
+    {
+        let mut b = base_bytes.clone();
+        b[at + 4] = 255;
+        let p = c.path(&format!("shard-u32-type-{k}-255-bytes.h5"));
+        std::fs::write(&p, &b).unwrap();
+        let msgs = c.check(&p, None, Error);
+        mask_refused |= msgs
+            .iter()
+            .any(|m| m.contains("[mask]") && m.contains("numeric type of 255 bytes"));
+    }
+    assert!(mask_refused, "no u32 type edit reached the mask dataset");
+
     // A version 0 superblock points (at byte 48) to a driver information
     // block; the library reads as many bytes as the block's header claims
     // before it checks the end of file (at byte 40): a 4 GB claim made it
