@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::AtomicBool;
 
-use spectok_data::{BatchSize, PrepareConfig};
+use spectok_data::PrepareConfig;
 use spectok_io::predictions::read_predictions;
-use spectok_train::{DataConfig, OptimConfig, ScheduleConfig, SourceConfig, TrainConfig, Trainer};
+
+#[path = "../../spectok-train/tests/common/mod.rs"]
+mod common;
 
 fn spectok(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_spectok"))
@@ -32,58 +33,18 @@ fn demo_dir() -> PathBuf {
 /// A tiny tokenizer (width 16, 1+1 layers, P 32) trained for `steps`
 /// steps on the demo mocks of `surveys`, into `dir`.
 fn train_tiny_on(dir: &Path, surveys: &[&str], steps: u64, seed: u64) {
-    let sources = surveys
-        .iter()
-        .map(|s| SourceConfig {
-            name: s.to_string(),
-            paths: vec![demo_dir().join(s).display().to_string()],
-            weight: 1.0,
-            format: None,
-        })
-        .collect();
-    let cfg = TrainConfig {
-        model: spectok_model::Config {
-            patch_size: 32,
-            d_model: 16,
-            encoder_layers: 1,
-            decoder_layers: 1,
-            heads: 2,
-            mlp_ratio: 2.0,
-            wavelength_freqs: 8,
-            offset_freqs: 2,
-            ..spectok_model::Config::paper()
-        },
-        data: DataConfig {
-            sources,
-            prepare: PrepareConfig {
-                patch_size: 32,
-                ..PrepareConfig::default()
-            },
-            val_fraction: 0.2,
-            val_max_spectra: 4,
-            eval_batch_size: 4,
-            pool_size: 16,
-            ..DataConfig::default()
-        },
-        batch: BatchSize::Fixed { spectra: 4 },
-        optim: OptimConfig {
-            lr: 3e-3,
-            ..OptimConfig::default()
-        },
-        schedule: ScheduleConfig {
-            warmup_steps: 1,
-            ..ScheduleConfig::default()
-        },
-        steps,
-        eval_interval: steps,
-        checkpoint_interval: steps,
-        log_interval: 1,
-        seed,
-        out_dir: dir.to_path_buf(),
-        ..TrainConfig::default()
+    let prepare = PrepareConfig {
+        patch_size: 32,
+        ..PrepareConfig::default()
     };
-    let mut t = Trainer::new(cfg, None).expect("trainer");
-    t.run(&mut (), &AtomicBool::new(false)).expect("training");
+    common::train(common::tiny_config(
+        &demo_dir(),
+        surveys,
+        prepare,
+        steps,
+        seed,
+        dir,
+    ));
 }
 
 fn train_tiny(dir: &Path) {

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+mod common;
+
 use spectok_data::{BatchSize, SourceSpec, SyntheticConfig, SyntheticSource};
 use spectok_io::Survey;
 use spectok_train::checkpoint::{Checkpoints, TrainState};
@@ -41,16 +43,8 @@ impl Observer for Recorder {
 fn tiny_config(out: &Path) -> TrainConfig {
     let mut cfg = TrainConfig {
         model: spectok_model::Config {
-            patch_size: 16,
-            d_model: 16,
-            encoder_layers: 1,
-            decoder_layers: 1,
-            heads: 2,
-            mlp_ratio: 2.0,
-            wavelength_freqs: 8,
-            offset_freqs: 2,
             mask_ratio: 0.25,
-            ..spectok_model::Config::paper()
+            ..common::tiny_model(16)
         },
         ..TrainConfig::default()
     };

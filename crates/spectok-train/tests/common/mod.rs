@@ -1,11 +1,28 @@
-//! Test support shared by the integration tests: a tiny tokenizer trained
-//! for a few steps on survey files.
+//! Test support shared by the integration tests (spectok-train's and the
+//! CLI's): a tiny tokenizer trained for a few steps on survey files. Each
+//! test crate uses part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use spectok_data::{BatchSize, PrepareConfig};
 use spectok_train::{DataConfig, OptimConfig, ScheduleConfig, SourceConfig, TrainConfig, Trainer};
+
+/// A width-16, 1+1-layer, 2-head model with patches of `patch_size`.
+pub fn tiny_model(patch_size: usize) -> spectok_model::Config {
+    spectok_model::Config {
+        patch_size,
+        d_model: 16,
+        encoder_layers: 1,
+        decoder_layers: 1,
+        heads: 2,
+        mlp_ratio: 2.0,
+        wavelength_freqs: 8,
+        offset_freqs: 2,
+        ..spectok_model::Config::paper()
+    }
+}
 
 /// A width-16, 1+1-layer training config on `dir/<survey>` for each of
 /// `surveys`, written to `out`; `prepare` sets the patch size of model
@@ -28,17 +45,7 @@ pub fn tiny_config(
         })
         .collect();
     TrainConfig {
-        model: spectok_model::Config {
-            patch_size: prepare.patch_size,
-            d_model: 16,
-            encoder_layers: 1,
-            decoder_layers: 1,
-            heads: 2,
-            mlp_ratio: 2.0,
-            wavelength_freqs: 8,
-            offset_freqs: 2,
-            ..spectok_model::Config::paper()
-        },
+        model: tiny_model(prepare.patch_size),
         data: DataConfig {
             sources,
             prepare,
