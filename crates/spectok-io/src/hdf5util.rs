@@ -12,7 +12,7 @@ pub const SHARD_MARKER: &str = "spectok_shard_version";
 
 /// Opens an HDF5 file read-only with an error naming it, after checking
 /// its superblock, its global heaps and the variable-length strings that
-/// point into them (see [`check_global_heaps`] and [`check_strings`]).
+/// point into them (see [`check_global_heaps`] and [`check_datasets`]).
 ///
 /// The checks run at every open: a cache keyed by the file's identity and
 /// times could not tell a file rewritten in place within one timestamp
@@ -25,7 +25,7 @@ pub fn open(path: &Path) -> Result<hdf5::File> {
             format!("cannot open as HDF5: {}", one_line(&e)),
         )
     })?;
-    check_strings(path, &file, heaps.as_ref())?;
+    check_datasets(path, &file, heaps.as_ref())?;
     Ok(file)
 }
 
@@ -379,20 +379,21 @@ fn check_chunked_layout(
     Ok(())
 }
 
-/// Groups below the root that [`check_strings`] descends into; spectok's
+/// Groups below the root that [`check_datasets`] descends into; spectok's
 /// readers read datasets at depth 2 at most.
 const STRING_CHECK_DEPTH: usize = 3;
 
-/// Objects [`check_strings`] visits at most before it refuses the file
+/// Objects [`check_datasets`] visits at most before it refuses the file
 /// (a corrupt file can link a group into itself).
 const STRING_CHECK_OBJECTS: usize = 100_000;
 
-/// Largest chunk of string descriptors that [`check_strings`] decodes.
+/// Largest chunk of string descriptors that [`check_datasets`] decodes.
 const STRING_CHECK_CHUNK_BYTES: u64 = 1 << 30;
 
-/// Checks the stored descriptor of every variable-length string in the
-/// datasets of `file` (to [`STRING_CHECK_DEPTH`] groups deep) against the
-/// global heap objects they point to.
+/// Checks every dataset of `file` (to [`STRING_CHECK_DEPTH`] groups deep):
+/// its numeric type ([`check_dataset_type`]) and the stored descriptor of
+/// every variable-length string in it against the global heap object it
+/// points to.
 ///
 /// A descriptor is a 4-byte length and the address of a heap object
 /// (collection address and 4-byte object index). HDF5 (1.10 at least)
@@ -406,7 +407,7 @@ const STRING_CHECK_CHUNK_BYTES: u64 = 1 << 30;
 /// and Fletcher-32; datasets stored otherwise (compact, virtual, other
 /// filters) are refused rather than trusted. Strings in attributes are
 /// not covered.
-pub fn check_strings(path: &Path, file: &hdf5::File, heaps: Option<&GlobalHeaps>) -> Result<()> {
+pub fn check_datasets(path: &Path, file: &hdf5::File, heaps: Option<&GlobalHeaps>) -> Result<()> {
     let mut queue: Vec<(String, usize)> = vec![(String::new(), 0)];
     let mut visited = 0usize;
     while let Some((group_name, depth)) = queue.pop() {
@@ -481,7 +482,7 @@ fn check_dataset_type(path: &Path, name: &str, ds: &hdf5::Dataset) -> Result<()>
     Ok(())
 }
 
-/// [`check_strings`] for one dataset.
+/// [`check_datasets`] for one dataset.
 fn check_dataset_strings(
     path: &Path,
     name: &str,

@@ -97,6 +97,18 @@ pub fn softmax(xs: &Tensor) -> Result<Tensor> {
 
 struct Softmax;
 
+/// Replaces the logits of one row by their softmax.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
         "spectok-softmax"
@@ -107,14 +119,8 @@ impl CustomOp1 for Softmax {
         let n = last_dim(l);
         let out = map_blocks(x, n * rows_per_task(n), |o, x| {
             for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = (x - max).exp();
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
-                o.iter_mut().for_each(|o| *o *= inv);
+                o.copy_from_slice(x);
+                softmax_in_place(o);
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -224,18 +230,10 @@ impl CustomOp2 for SoftmaxWithBias {
                 for (r, (o, x)) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)).enumerate() {
                     let b = (first_row + r) / rows_per_batch.max(1);
                     let bias = &bias[b * n..(b + 1) * n];
-                    let mut max = f32::NEG_INFINITY;
                     for ((o, &x), &c) in o.iter_mut().zip(x).zip(bias) {
                         *o = self.scale * x + c;
-                        max = max.max(*o);
                     }
-                    let mut sum = 0f32;
-                    for o in o.iter_mut() {
-                        *o = (*o - max).exp();
-                        sum += *o;
-                    }
-                    let inv = 1.0 / sum;
-                    o.iter_mut().for_each(|o| *o *= inv);
+                    softmax_in_place(o);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
