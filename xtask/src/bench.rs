@@ -77,6 +77,10 @@ pub struct Args {
     /// optimiser) and of one embed, then exit.
     #[arg(long)]
     breakdown: bool,
+    /// Only time ingestion (survey files → batch vs astropy), print the
+    /// table and exit.
+    #[arg(long)]
+    ingest_only: bool,
     /// Internal: run one peak-RSS child (`embed:N` or `train:N`).
     #[arg(long, hide = true)]
     rss_child: Option<String>,
@@ -143,6 +147,17 @@ pub fn run(args: Args) -> Result<()> {
     let cfg = model_config(&args.model)?;
     let mut tables = Vec::new();
     let mut summary: Vec<(String, String)> = Vec::new();
+
+    if args.ingest_only {
+        let files = survey_files(&data)?;
+        let prep = PrepareConfig {
+            patch_size: cfg.patch_size,
+            ..PrepareConfig::default()
+        };
+        let t = ingestion(&args, &files, &prep, reps, &mut summary)?;
+        println!("{}", t.markdown());
+        return Ok(());
+    }
 
     // GEMM peak.
     eprintln!("bench: GEMM peak");

@@ -1,20 +1,25 @@
-//! A thin wrapper over `fitsio` that turns every failure into an
+//! A thin wrapper over cfitsio that turns every failure into an
 //! [`Error`] naming the file, HDU and field, and checks shapes before
 //! trusting them.
 //!
 //! Readers use only this module to touch FITS files, so a cfitsio status
-//! never escapes without a location.
+//! never escapes without a location. Headers are spectok's own index
+//! ([`header`]), built in the single pass [`Fits::open`] makes over the
+//! file; cfitsio is opened on the first data read and only reads data.
 
-use std::collections::HashMap;
+mod header;
+#[cfg(test)]
+mod oracle_tests;
+
 use std::ops::Range;
+use std::os::raw::{c_int, c_void};
 use std::path::{Path, PathBuf};
 
-use fitsio::hdu::{FitsHdu, HduInfo};
-use fitsio::images::{ImageType, ReadImage};
-use fitsio::tables::ReadsCol;
+use fitsio::sys;
 use fitsio::FitsFile;
 
 use crate::error::{Error, Location, Result};
+use header::{Hdu, Walker};
 
 /// Largest number of elements we agree to read from one HDU (guards against
 /// headers that claim gigantic sizes).
@@ -83,74 +88,67 @@ impl HduDesc {
     }
 }
 
-/// An open FITS file (plain or gzip-compressed) with its path.
+/// An open FITS file (plain or gzip-compressed) with its path and its
+/// header index.
 pub struct Fits {
-    file: FitsFile,
+    /// cfitsio's handle, opened on the first data read.
+    file: Option<FitsFile>,
     path: PathBuf,
-    /// Per-HDU results of header parsing, kept because the file is only
-    /// read: describing a wide table (SDSS `SPECOBJ` has ~200 columns)
-    /// dominated the reading of a small file when every column access
-    /// parsed the header again.
-    cache: HduCache,
+    /// Every HDU's header, data offsets and description.
+    hdus: Vec<Hdu>,
+    /// Whether every card of the file has passed [`scan_cards`] (done
+    /// before cfitsio first opens it).
+    cards_checked: bool,
 }
 
-/// What [`Fits`] has learnt of each HDU's header.
-#[derive(Default)]
-struct HduCache {
-    /// `var_column_table` per HDU.
-    var_tables: HashMap<usize, Option<HduDesc>>,
-    /// `fitsio`'s description per HDU.
-    infos: HashMap<usize, HduInfo>,
-    /// `describe` per HDU.
-    descs: HashMap<usize, HduDesc>,
+/// A value cfitsio reads into a Rust buffer: its cfitsio datatype code
+/// for columns, and for images (cfitsio's tile-compressed image reader
+/// takes `TLONG`, not `TLONGLONG`, for 64-bit integers where a C `long`
+/// has 64 bits — as `fitsio` reads them).
+trait Value: Copy + Default {
+    const CODE: c_int;
+    const IMAGE_CODE: c_int = Self::CODE;
 }
 
-/// A copy of `fitsio`'s HDU description (which is not `Clone`).
-fn copy_info(info: &HduInfo) -> HduInfo {
-    match info {
-        HduInfo::ImageInfo { shape, image_type } => HduInfo::ImageInfo {
-            shape: shape.clone(),
-            image_type: *image_type,
-        },
-        HduInfo::TableInfo {
-            column_descriptions,
-            num_rows,
-        } => HduInfo::TableInfo {
-            column_descriptions: column_descriptions.clone(),
-            num_rows: *num_rows,
-        },
-        HduInfo::AnyInfo => HduInfo::AnyInfo,
-    }
+impl Value for f64 {
+    const CODE: c_int = sys::TDOUBLE as c_int;
 }
 
-fn bitpix_of(t: &ImageType) -> i32 {
-    match t {
-        ImageType::UnsignedByte | ImageType::Byte => 8,
-        ImageType::Short | ImageType::UnsignedShort => 16,
-        ImageType::Long | ImageType::UnsignedLong => 32,
-        ImageType::LongLong => 64,
-        ImageType::Float => -32,
-        ImageType::Double => -64,
-    }
+impl Value for f32 {
+    const CODE: c_int = sys::TFLOAT as c_int;
+}
+
+impl Value for i64 {
+    const CODE: c_int = sys::TLONGLONG as c_int;
+    const IMAGE_CODE: c_int = if std::mem::size_of::<std::os::raw::c_long>() == 8 {
+        sys::TLONG as c_int
+    } else {
+        sys::TLONGLONG as c_int
+    };
+}
+
+impl Value for u64 {
+    const CODE: c_int = sys::TULONGLONG as c_int;
 }
 
 impl Fits {
     /// Opens `path` read-only. gzip-compressed files are read as they are.
+    ///
+    /// Opening indexes the HDUs from their headers (spectok's own parser;
+    /// a gzip file is decompressed once and checked whole); a file cut
+    /// short anywhere, even inside an HDU no reader reads (e.g. SDSS
+    /// per-exposure tables), is an error naming the HDU. cfitsio opens the
+    /// file on the first data read, after every card of it has been
+    /// checked — so detecting a format and reading keywords never reach
+    /// cfitsio.
     pub fn open(path: &Path) -> Result<Fits> {
-        check_compression(path)?;
-        let file = FitsFile::open(path).map_err(|e| {
-            Error::bad(
-                Location::file(path),
-                format!("cannot open as FITS: {}", msg(&e)),
-            )
-        })?;
-        let mut fits = Fits {
-            file,
+        let (hdus, cards_checked) = check_compression(path)?;
+        Ok(Fits {
+            file: None,
             path: path.to_path_buf(),
-            cache: HduCache::default(),
-        };
-        fits.check_complete()?;
-        Ok(fits)
+            hdus,
+            cards_checked,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -163,58 +161,75 @@ impl Fits {
     }
 
     pub fn num_hdus(&mut self) -> Result<usize> {
-        self.file.num_hdus().map_err(|e| {
-            Error::bad(
+        Ok(self.hdus.len())
+    }
+
+    /// cfitsio's handle, opened on first use.
+    fn raw(&mut self) -> Result<*mut sys::fitsfile> {
+        if self.file.is_none() {
+            if !self.cards_checked {
+                check_cards(&self.path)?;
+                self.cards_checked = true;
+            }
+            if self.path.to_str().is_none() {
+                return Err(Error::bad(
+                    Location::file(&self.path),
+                    "cannot open as FITS: the path is not valid UTF-8",
+                ));
+            }
+            let file = FitsFile::open(&self.path).map_err(|e| {
+                Error::bad(
+                    Location::file(&self.path),
+                    format!("cannot open as FITS: {}", msg(&e)),
+                )
+            })?;
+            self.file = Some(file);
+        }
+        match self.file.as_mut() {
+            // SAFETY: the handle stays open while `self.file` holds it, and
+            // every caller uses the pointer only within its own call.
+            Some(f) => Ok(unsafe { f.as_raw() }),
+            None => Err(Error::bad(
                 Location::file(&self.path),
-                format!("cannot count HDUs: {}", msg(&e)),
+                "cannot open as FITS",
+            )),
+        }
+    }
+
+    /// The index entry of HDU `index`.
+    fn entry(&self, index: usize) -> Result<&Hdu> {
+        self.hdus.get(index).ok_or_else(|| {
+            Error::bad(
+                self.loc(index),
+                format!("no such HDU (the file has {})", self.hdus.len()),
             )
         })
     }
 
-    /// HDU `index`, made the current HDU.
-    fn hdu(&mut self, index: usize) -> Result<FitsHdu> {
-        self.refuse_var_columns(index)?;
-        if let Some(info) = self.cache.infos.get(&index) {
-            let info = copy_info(info);
-            self.move_to(index)?;
-            return Ok(FitsHdu {
-                info,
-                number: index,
-            });
-        }
-        let hdu = self
-            .file
-            .hdu(index)
-            .map_err(|e| Error::bad(self.loc(index), format!("cannot move to HDU: {}", msg(&e))))?;
-        self.cache.infos.insert(index, copy_info(&hdu.info));
-        Ok(hdu)
-    }
-
-    /// Makes HDU `index` the current one.
-    fn move_to(&mut self, index: usize) -> Result<()> {
-        let hdunum = std::os::raw::c_int::try_from(index + 1)
+    /// Makes HDU `index` cfitsio's current one (for a data read).
+    fn move_to(&mut self, index: usize) -> Result<*mut sys::fitsfile> {
+        self.entry(index)?;
+        let hdunum = c_int::try_from(index + 1)
             .map_err(|_| Error::bad(self.loc(index), "HDU number out of range"))?;
+        let fptr = self.raw()?;
         let (mut kind, mut status) = (0, 0);
         // SAFETY: the handle is open and both out-pointers are live locals.
-        unsafe { fitsio::sys::ffmahd(self.file.as_raw(), hdunum, &mut kind, &mut status) };
+        unsafe { sys::ffmahd(fptr, hdunum, &mut kind, &mut status) };
         if status != 0 {
             return Err(Error::bad(
                 self.loc(index),
                 format!("cannot move to HDU: {}", status_text(status)),
             ));
         }
-        Ok(())
+        Ok(fptr)
     }
 
     /// Index of the HDU whose `EXTNAME` is `name` (case-insensitive).
     pub fn hdu_index(&mut self, name: &str) -> Result<Option<usize>> {
-        let n = self.num_hdus()?;
-        for i in 0..n {
-            if self.describe(i)?.name.eq_ignore_ascii_case(name) {
-                return Ok(Some(i));
-            }
-        }
-        Ok(None)
+        Ok(self
+            .hdus
+            .iter()
+            .position(|h| h.desc.name.eq_ignore_ascii_case(name)))
     }
 
     /// Like [`Fits::hdu_index`] but an absent HDU is an error naming it.
@@ -225,85 +240,45 @@ impl Fits {
 
     /// Describes HDU `index`.
     pub fn describe(&mut self, index: usize) -> Result<HduDesc> {
-        if let Some(d) = self.cache.descs.get(&index) {
-            return Ok(d.clone());
-        }
-        let d = self.describe_uncached(index)?;
-        self.cache.descs.insert(index, d.clone());
-        Ok(d)
+        Ok(self.entry(index)?.desc.clone())
     }
 
-    fn describe_uncached(&mut self, index: usize) -> Result<HduDesc> {
-        if let Some(d) = self.var_column_table(index)? {
-            return Ok(d);
-        }
-        let hdu = self.hdu(index)?;
-        let name = hdu
-            .read_key::<String>(&mut self.file, "EXTNAME")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| {
-                if index == 0 {
-                    "PRIMARY".into()
-                } else {
-                    String::new()
-                }
-            });
-        let mut d = HduDesc {
-            name,
-            ..HduDesc::default()
-        };
-        match &hdu.info {
-            HduInfo::ImageInfo { shape, image_type } => {
-                d.shape = shape.clone();
-                d.bitpix = bitpix_of(image_type);
-            }
-            HduInfo::TableInfo {
-                column_descriptions,
-                num_rows,
-            } => {
-                d.table = true;
-                d.rows = *num_rows;
-                d.columns = column_descriptions.iter().map(|c| c.name.clone()).collect();
-                d.repeats = column_descriptions
-                    .iter()
-                    .map(|c| c.data_type.repeat)
-                    .collect();
-            }
-            HduInfo::AnyInfo => {}
-        }
-        Ok(d)
+    /// HDU `index`'s description, borrowed.
+    fn desc(&self, index: usize) -> Result<&HduDesc> {
+        Ok(&self.entry(index)?.desc)
     }
 
     pub fn describe_all(&mut self) -> Result<Vec<HduDesc>> {
-        let n = self.num_hdus()?;
-        (0..n).map(|i| self.describe(i)).collect()
+        Ok(self.hdus.iter().map(|h| h.desc.clone()).collect())
     }
 
-    /// Header keyword as a number, `None` if absent or not numeric.
+    /// Header keyword as a number (numbers, logicals as 1/0, strings
+    /// holding a number), `None` if absent or not numeric.
     pub fn key_f64(&mut self, index: usize, key: &str) -> Option<f64> {
-        let hdu = self.hdu(index).ok()?;
-        match hdu.read_key::<f64>(&mut self.file, key) {
-            Ok(v) => Some(v),
-            Err(_) => hdu
-                .read_key::<String>(&mut self.file, key)
-                .ok()
-                .and_then(|s| s.trim().parse::<f64>().ok()),
-        }
+        self.hdus.get(index)?.header.f64(key)
     }
 
     /// Header keyword as an integer, `None` if absent or not an integer.
     pub fn key_i64(&mut self, index: usize, key: &str) -> Option<i64> {
-        let hdu = self.hdu(index).ok()?;
-        hdu.read_key::<i64>(&mut self.file, key).ok()
+        self.hdus.get(index)?.header.i64(key)
     }
 
-    /// Header keyword as text (numbers are formatted), trimmed; `None` if
-    /// absent.
+    /// Header keyword as text (other values as written), trimmed; `None`
+    /// if absent.
     pub fn key_text(&mut self, index: usize, key: &str) -> Option<String> {
-        let hdu = self.hdu(index).ok()?;
-        hdu.read_key::<String>(&mut self.file, key)
-            .ok()
+        self.hdus
+            .get(index)?
+            .header
+            .text(key)
             .map(|s| s.trim().to_string())
+    }
+
+    /// Every keyword of HDU `index` that carries a value, in card order.
+    pub fn keywords(&self, index: usize) -> Vec<String> {
+        self.hdus
+            .get(index)
+            .map(|h| h.header.keywords())
+            .unwrap_or_default()
     }
 
     /// A numeric keyword that must be present.
@@ -350,18 +325,57 @@ impl Fits {
         Ok(d.shape)
     }
 
+    /// Reads `n` pixels of image HDU `index` from pixel `first` (0-based,
+    /// C order) as `T`, with cfitsio (any BITPIX; BSCALE/BZERO applied).
+    fn read_pixels<T: Value>(
+        &mut self,
+        index: usize,
+        first: usize,
+        n: usize,
+    ) -> Result<Vec<T>, i32> {
+        const BAD_ELEM: i32 = 308;
+        let fptr = self.move_to(index).map_err(|_| BAD_ELEM)?;
+        let mut out = vec![T::default(); n];
+        if n == 0 {
+            return Ok(out);
+        }
+        let first = sys::LONGLONG::try_from(first + 1).map_err(|_| BAD_ELEM)?;
+        let nelem = sys::LONGLONG::try_from(n).map_err(|_| BAD_ELEM)?;
+        let mut status = 0;
+        // SAFETY: the handle is open on HDU `index`; `out` holds `n` values
+        // of the type `T::IMAGE_CODE` names; a null `nulval` asks for no
+        // undefined-value substitution (as `fitsio` reads images).
+        unsafe {
+            sys::ffgpv(
+                fptr,
+                T::IMAGE_CODE,
+                first,
+                nelem,
+                std::ptr::null_mut(),
+                out.as_mut_ptr() as *mut c_void,
+                std::ptr::null_mut(),
+                &mut status,
+            );
+        }
+        if status != 0 {
+            return Err(status);
+        }
+        Ok(out)
+    }
+
     /// Reads a whole image as `T` (any BITPIX; BSCALE/BZERO applied by
     /// cfitsio). Returns the values and the shape (C order).
-    fn read_image_as<T>(&mut self, index: usize, field: &str) -> Result<(Vec<T>, Vec<usize>)>
-    where
-        Vec<T>: ReadImage,
-    {
+    fn read_image_as<T: Value>(
+        &mut self,
+        index: usize,
+        field: &str,
+    ) -> Result<(Vec<T>, Vec<usize>)> {
         let shape = self.image_shape(index, field)?;
-        let hdu = self.hdu(index)?;
-        let v: Vec<T> = hdu.read_image(&mut self.file).map_err(|e| {
+        let n = shape.iter().product();
+        let v: Vec<T> = self.read_pixels(index, 0, n).map_err(|status| {
             Error::bad(
                 self.loc(index).field(field),
-                format!("cannot read image: {}", msg(&e)),
+                format!("cannot read image: {}", status_text(status)),
             )
         })?;
         check_len(&v, &shape, || self.loc(index).field(field))?;
@@ -387,10 +401,12 @@ impl Fits {
     /// Reads row `row` of a 2-D image (or the whole of a 1-D image when
     /// `row == 0`) as `T`, so multi-spectrum images stream one spectrum at a
     /// time.
-    fn read_image_row_as<T>(&mut self, index: usize, row: usize, field: &str) -> Result<Vec<T>>
-    where
-        Vec<T>: ReadImage,
-    {
+    fn read_image_row_as<T: Value>(
+        &mut self,
+        index: usize,
+        row: usize,
+        field: &str,
+    ) -> Result<Vec<T>> {
         let shape = self.image_shape(index, field)?;
         let (nrow, ncol) = rows_cols(&shape, || self.loc(index).field(field))?;
         let loc = self.loc(index).field(field).row(row as u64);
@@ -401,10 +417,11 @@ impl Fits {
                 format!("row out of range (image has {nrow} rows)"),
             ));
         }
-        let hdu = self.hdu(index)?;
-        let v: Vec<T> = hdu
-            .read_section(&mut self.file, row * ncol, (row + 1) * ncol)
-            .map_err(|e| Error::bad(at(), format!("cannot read row: {}", msg(&e))))?;
+        let v: Vec<T> = self
+            .read_pixels(index, row * ncol, ncol)
+            .map_err(|status| {
+                Error::bad(at(), format!("cannot read row: {}", status_text(status)))
+            })?;
         if v.len() != ncol {
             return Err(Error::bad(
                 at(),
@@ -444,43 +461,98 @@ impl Fits {
         self.read_image_row_as(index, row, field)
     }
 
-    fn table(&mut self, index: usize, column: &str) -> Result<(FitsHdu, HduDesc)> {
-        let d = self.describe(index)?;
+    /// Checks that `column` of table HDU `index` can be read (a table
+    /// without variable-length array columns, the column present, a sane
+    /// size) and makes the HDU cfitsio's current one. Returns the column
+    /// index (0-based) and the description.
+    fn table(&mut self, index: usize, column: &str) -> Result<(usize, usize)> {
+        let d = self.desc(index)?;
         if !d.table {
             return Err(Error::bad(
                 self.loc(index).field(column),
                 "expected a table, found an image",
             ));
         }
-        if d.column_index(column).is_none() {
+        let Some(i) = d.column_index(column) else {
             return Err(Error::bad(self.loc(index).field(column), "column missing"));
-        }
-        let i = d.column_index(column).unwrap_or(0);
-        let n = d.rows.saturating_mul(d.repeats[i].max(1));
+        };
+        let rows = d.rows;
+        let n = rows.saturating_mul(d.repeats[i].max(1));
+        self.refuse_var_columns(index)?;
         if n > MAX_ELEMENTS {
             return Err(Error::bad(
                 self.loc(index).field(column),
                 format!("column claims {n} values"),
             ));
         }
-        Ok((self.hdu(index)?, d))
+        self.move_to(index)?;
+        Ok((i, rows))
     }
 
     /// Whether table HDU `index` has `column`.
     pub fn has_column(&mut self, index: usize, column: &str) -> bool {
-        self.describe(index)
+        self.desc(index)
             .is_ok_and(|d| d.column_index(column).is_some())
+    }
+
+    /// Reads rows `rows` of column `col` (0-based) of table HDU `index`
+    /// as `T` (array cells flattened row-major), with cfitsio; the HDU is
+    /// current (see [`Fits::table`]). Bit columns give one value per `T`
+    /// worth of bits, as `fitsio` reads them.
+    fn read_cells<T: Value>(
+        &mut self,
+        index: usize,
+        col: usize,
+        rows: Range<usize>,
+    ) -> Result<Vec<T>, i32> {
+        const BAD_ROW: i32 = 307;
+        let fptr = self.move_to(index).map_err(|_| BAD_ROW)?;
+        let form = self.hdus[index].forms[col];
+        let repeat = if form.code == b'X' {
+            (form.repeat / (std::mem::size_of::<T>() * 8)).max(1)
+        } else {
+            form.repeat
+        };
+        let n = rows.len().checked_mul(repeat).ok_or(BAD_ROW)?;
+        let mut out = vec![T::default(); n];
+        if n == 0 {
+            return Ok(out);
+        }
+        let colnum = c_int::try_from(col + 1).map_err(|_| BAD_ROW)?;
+        let first = sys::LONGLONG::try_from(rows.start + 1).map_err(|_| BAD_ROW)?;
+        let nelem = sys::LONGLONG::try_from(n).map_err(|_| BAD_ROW)?;
+        let mut status = 0;
+        // SAFETY: the handle is open on table HDU `index`; `out` holds `n`
+        // values of the type `T::CODE` names; a null `nulval` asks for no
+        // undefined-value substitution (as `fitsio` reads columns).
+        unsafe {
+            sys::ffgcv(
+                fptr,
+                T::CODE,
+                colnum,
+                first,
+                1,
+                nelem,
+                std::ptr::null_mut(),
+                out.as_mut_ptr() as *mut c_void,
+                std::ptr::null_mut(),
+                &mut status,
+            );
+        }
+        if status != 0 {
+            return Err(status);
+        }
+        Ok(out)
     }
 
     /// Reads a numeric column as `T` (all rows; array cells flattened
     /// row-major).
-    fn read_col_as<T: ReadsCol>(&mut self, index: usize, column: &str) -> Result<Vec<T>> {
-        let (hdu, d) = self.table(index, column)?;
-        let name = d.columns[d.column_index(column).unwrap_or(0)].clone();
-        hdu.read_col::<T>(&mut self.file, &name).map_err(|e| {
+    fn read_col_as<T: Value>(&mut self, index: usize, column: &str) -> Result<Vec<T>> {
+        let (i, rows) = self.table(index, column)?;
+        self.read_cells(index, i, 0..rows).map_err(|status| {
             Error::bad(
                 self.loc(index).field(column),
-                format!("cannot read column: {}", msg(&e)),
+                format!("cannot read column: {}", status_text(status)),
             )
         })
     }
@@ -507,28 +579,25 @@ impl Fits {
         column: &str,
         rows: Range<usize>,
     ) -> Result<Vec<f64>> {
-        let (hdu, d) = self.table(index, column)?;
-        if rows.end > d.rows {
+        let (i, nrows) = self.table(index, column)?;
+        if rows.end > nrows || rows.start > rows.end {
             return Err(Error::bad(
                 self.loc(index).field(column),
-                format!("rows {rows:?} out of {} rows", d.rows),
+                format!("rows {rows:?} out of {nrows} rows"),
             ));
         }
-        let name = d.columns[d.column_index(column).unwrap_or(0)].clone();
-        hdu.read_col_range::<f64>(&mut self.file, &name, &rows)
-            .map_err(|e| {
-                Error::bad(
-                    self.loc(index).field(column),
-                    format!("cannot read column: {}", msg(&e)),
-                )
-            })
+        self.read_cells(index, i, rows).map_err(|status| {
+            Error::bad(
+                self.loc(index).field(column),
+                format!("cannot read column: {}", status_text(status)),
+            )
+        })
     }
 
     /// Reads a text column (one string per row, trimmed).
     pub fn read_col_text(&mut self, index: usize, column: &str) -> Result<Vec<String>> {
-        let (_, d) = self.table(index, column)?;
-        let col = d.column_index(column).unwrap_or(0);
-        self.read_text_cells(col, 0..d.rows)
+        let (col, rows) = self.table(index, column)?;
+        self.read_text_cells(index, col, 0..rows)
             .map(|v| v.into_iter().map(|s| s.trim().to_string()).collect())
             .map_err(|status| {
                 Error::bad(
@@ -600,38 +669,11 @@ impl Fits {
     /// long-string `CONTINUE` convention, e.g. a sampling grid written as
     /// one long list), joined and trimmed; `None` if absent or not text.
     pub fn key_long_text(&mut self, index: usize, key: &str) -> Option<String> {
-        self.hdu(index).ok()?;
-        let name = std::ffi::CString::new(key).ok()?;
-        let mut value: *mut std::os::raw::c_char = std::ptr::null_mut();
-        let mut comment = vec![0 as std::os::raw::c_char; 81];
-        let mut status = 0;
-        // SAFETY: the file handle is open and positioned on HDU `index`;
-        // cfitsio allocates `value` (freed below with its own allocator) and
-        // writes at most 72 characters plus a NUL into `comment`.
-        unsafe {
-            fitsio::sys::ffgkls(
-                self.file.as_raw(),
-                name.as_ptr(),
-                &mut value,
-                comment.as_mut_ptr(),
-                &mut status,
-            );
-            let text = if status == 0 && !value.is_null() {
-                Some(
-                    std::ffi::CStr::from_ptr(value)
-                        .to_string_lossy()
-                        .trim()
-                        .to_string(),
-                )
-            } else {
-                None
-            };
-            if !value.is_null() {
-                let mut free_status = 0;
-                fitsio::sys::fffree(value as *mut std::os::raw::c_void, &mut free_status);
-            }
-            text
-        }
+        self.hdus
+            .get(index)?
+            .header
+            .long_text(key)
+            .map(|s| s.trim().to_string())
     }
 
     /// A logical keyword (`T`/`F`; also accepts `1`/`0`, `TRUE`/`FALSE`);
@@ -655,76 +697,41 @@ impl Fits {
     /// trimmed, an integer column exactly (signed, or unsigned 64-bit stored
     /// with `TZERO`), so 19-digit ids never pass through a float.
     pub fn read_cell_id(&mut self, index: usize, column: &str, row: usize) -> Result<String> {
-        use fitsio::tables::ColumnDataType as T;
-        let (hdu, d) = self.table(index, column)?;
-        let i = d.column_index(column).unwrap_or(0);
-        let name = d.columns[i].clone();
-        if row >= d.rows {
+        let (i, rows) = self.table(index, column)?;
+        let loc = self.loc(index).field(column).row(row as u64);
+        let at = || loc.clone();
+        if row >= rows {
             return Err(Error::bad(
-                self.loc(index).field(column).row(row as u64),
-                format!("row out of range (table has {} rows)", d.rows),
+                at(),
+                format!("row out of range (table has {rows} rows)"),
             ));
         }
-        let typ = match &hdu.info {
-            HduInfo::TableInfo {
-                column_descriptions,
-                ..
-            } => column_descriptions.get(i).map(|c| c.data_type.typ),
-            _ => None,
-        };
-        let fail = |e: fitsio::errors::Error| format!("cannot read identifier: {}", msg(&e));
-        match typ {
-            Some(T::String | T::Text) => self
-                .read_text_cells(i, row..row + 1)
-                .map_err(|status| {
-                    Error::bad(
-                        self.loc(index).field(column).row(row as u64),
-                        format!("cannot read identifier: {}", status_text(status)),
-                    )
-                })?
+        let fail = |status| format!("cannot read identifier: {}", status_text(status));
+        let first = match self.hdus[index].forms[i].code {
+            b'A' => self
+                .read_text_cells(index, i, row..row + 1)
+                .map_err(|status| Error::bad(at(), fail(status)))?
                 .into_iter()
                 .next()
-                .map(|s| s.trim().to_string())
-                .ok_or_else(|| {
-                    Error::bad(
-                        self.loc(index).field(column).row(row as u64),
-                        "no value read",
-                    )
-                }),
-            Some(
-                T::Byte
-                | T::SignedByte
-                | T::Short
-                | T::UnsignedShort
-                | T::Int
-                | T::Long
-                | T::UnsignedLong
-                | T::LongLong
-                | T::UnsignedLongLong,
-            ) => {
-                let first = match hdu.read_col_range::<i64>(&mut self.file, &name, &(row..row + 1))
-                {
-                    Ok(v) => v.first().map(|x| x.to_string()),
-                    Err(_) => hdu
-                        .read_col_range::<u64>(&mut self.file, &name, &(row..row + 1))
-                        .map_err(|e| {
-                            Error::bad(self.loc(index).field(column).row(row as u64), fail(e))
-                        })?
-                        .first()
-                        .map(|x| x.to_string()),
-                };
-                first.ok_or_else(|| {
-                    Error::bad(
-                        self.loc(index).field(column).row(row as u64),
-                        "no value read",
-                    )
-                })
+                .map(|s| s.trim().to_string()),
+            // Integers: signed, or unsigned 64-bit (`TZERO` = 2^63) when
+            // they overflow an i64.
+            b'B' | b'I' | b'J' | b'K' => match self.read_cells::<i64>(index, i, row..row + 1) {
+                Ok(v) => v.first().map(|x| x.to_string()),
+                Err(_) => self
+                    .read_cells::<u64>(index, i, row..row + 1)
+                    .map_err(|status| Error::bad(at(), fail(status)))?
+                    .first()
+                    .map(|x| x.to_string()),
+            },
+            _ => {
+                return Err(Error::bad(
+                    self.loc(index).field(column),
+                    "not a text or integer column",
+                ))
             }
-            _ => Err(Error::bad(
-                self.loc(index).field(column),
-                "not a text or integer column",
-            )),
-        }
+        };
+        first.ok_or_else(|| Error::bad(at(), "no value read"))
     }
 }
 
@@ -742,102 +749,17 @@ fn status_text(status: i32) -> String {
 }
 
 impl Fits {
-    /// Describes HDU `index` with cfitsio directly when it is a binary table
-    /// with variable-length array columns (`TFORMn = 'PD(55)'`, as in Gaia XP
-    /// coefficient tables), which `fitsio` cannot describe (it panics);
-    /// `None` for every other HDU. Moves to the HDU.
-    fn var_column_table(&mut self, index: usize) -> Result<Option<HduDesc>> {
-        if let Some(d) = self.cache.var_tables.get(&index) {
-            let d = d.clone();
-            self.move_to(index)?;
-            return Ok(d);
-        }
-        let d = self.var_column_table_uncached(index)?;
-        self.cache.var_tables.insert(index, d.clone());
-        Ok(d)
-    }
-
-    fn var_column_table_uncached(&mut self, index: usize) -> Result<Option<HduDesc>> {
-        use fitsio::sys;
-        use std::os::raw::{c_char, c_int};
-        let hdunum = c_int::try_from(index + 1)
-            .map_err(|_| Error::bad(self.loc(index), "HDU number out of range"))?;
-        // SAFETY: the handle is open; every out-pointer is a live local and
-        // every text buffer holds 81 characters (cfitsio writes at most 71
-        // plus a NUL).
-        let (kind, var, repeats, rows, status) = unsafe {
-            let fptr = self.file.as_raw();
-            let (mut status, mut kind, mut ncols) = (0, 0, 0);
-            sys::ffmahd(fptr, hdunum, &mut kind, &mut status);
-            let mut var = false;
-            let mut repeats = Vec::new();
-            let mut rows: sys::LONGLONG = 0;
-            if status == 0 && kind == 2 {
-                sys::ffgncl(fptr, &mut ncols, &mut status);
-                for c in 1..=ncols.max(0) {
-                    let (mut code, mut repeat, mut width) = (0, 0, 0);
-                    sys::ffgtclll(fptr, c, &mut code, &mut repeat, &mut width, &mut status);
-                    var |= code < 0;
-                    repeats.push(usize::try_from(repeat).unwrap_or(0));
-                }
-                sys::ffgnrwll(fptr, &mut rows, &mut status);
-            }
-            (kind, var, repeats, rows, status)
-        };
-        if status != 0 {
-            return Err(Error::bad(
-                self.loc(index),
-                format!("cannot move to HDU: {}", status_text(status)),
-            ));
-        }
-        if kind != 2 || !var {
-            return Ok(None);
-        }
-        let mut key = |name: &str| -> Option<String> {
-            let cname = std::ffi::CString::new(name).ok()?;
-            let mut value = vec![0 as c_char; 81];
-            let mut comment = vec![0 as c_char; 81];
-            let mut status = 0;
-            // SAFETY: as above; the HDU is current.
-            unsafe {
-                sys::ffgkys(
-                    self.file.as_raw(),
-                    cname.as_ptr(),
-                    value.as_mut_ptr(),
-                    comment.as_mut_ptr(),
-                    &mut status,
-                );
-                (status == 0).then(|| {
-                    std::ffi::CStr::from_ptr(value.as_ptr())
-                        .to_string_lossy()
-                        .trim()
-                        .to_string()
-                })
-            }
-        };
-        let name = key("EXTNAME").unwrap_or_default();
-        let columns = (1..=repeats.len())
-            .map(|c| key(&format!("TTYPE{c}")).unwrap_or_default())
-            .collect();
-        Ok(Some(HduDesc {
-            name,
-            columns,
-            repeats,
-            rows: usize::try_from(rows).unwrap_or(0),
-            table: true,
-            ..HduDesc::default()
-        }))
-    }
-
-    /// An error for an HDU `fitsio` cannot open (variable-length array
-    /// columns), before `fitsio` is asked to.
+    /// An error for a table with variable-length array columns
+    /// (`TFORMn = 'PD(55)'`, as in Gaia XP coefficient tables), which
+    /// spectok does not read.
     fn refuse_var_columns(&mut self, index: usize) -> Result<()> {
-        if let Some(d) = self.var_column_table(index)? {
+        let h = self.entry(index)?;
+        if h.has_var_columns() {
             return Err(Error::bad(
                 self.loc(index),
                 format!(
                     "{}: variable-length array columns are not read",
-                    d.summary(index)
+                    h.desc.summary(index)
                 ),
             ));
         }
@@ -846,95 +768,26 @@ impl Fits {
 }
 
 impl Fits {
-    /// Checks that the file is not cut short: every HDU header can be
-    /// read and the last HDU's data reaches into its final 2880-byte
-    /// block. A file truncated inside an HDU that a reader does not read
-    /// (e.g. SDSS per-exposure tables) is an error too, naming the HDU.
-    pub fn check_complete(&mut self) -> Result<()> {
-        let n = self.num_hdus()?;
-        let last = n
-            .checked_sub(1)
-            .ok_or_else(|| Error::bad(Location::file(&self.path), "no HDU"))?;
-        let hdunum = std::os::raw::c_int::try_from(n)
-            .map_err(|_| Error::bad(Location::file(&self.path), format!("{n} HDUs")))?;
-        // SAFETY: the handle is open and the out-pointers are live locals.
-        let (status, dataend, next) = unsafe {
-            let fptr = self.file.as_raw();
-            let (mut status, mut kind) = (0, 0);
-            let (mut head, mut data, mut end): (
-                fitsio::sys::LONGLONG,
-                fitsio::sys::LONGLONG,
-                fitsio::sys::LONGLONG,
-            ) = (0, 0, 0);
-            fitsio::sys::ffmahd(fptr, hdunum, &mut kind, &mut status);
-            fitsio::sys::ffghadll(fptr, &mut head, &mut data, &mut end, &mut status);
-            if status == 0 && end > data {
-                // REPORT_EOF: moving past the end of the file is an error.
-                fitsio::sys::ffmbyt(fptr, (end - 2880).max(data), 0, &mut status);
-            }
-            let mut next = [0u8; 8];
-            if status == 0 {
-                // What follows the last complete HDU: cfitsio stops counting
-                // HDUs at a header cut short, so look for its first card.
-                // Only read there if the file has bytes there (REPORT_EOF):
-                // reading past the end would leave cfitsio a dirty buffer.
-                let mut probe = 0;
-                fitsio::sys::ffmbyt(fptr, end, 0, &mut probe);
-                if probe == 0 {
-                    fitsio::sys::ffgextn(
-                        fptr,
-                        end - data,
-                        8,
-                        next.as_mut_ptr() as *mut std::os::raw::c_void,
-                        &mut probe,
-                    );
-                    if probe != 0 {
-                        // Bytes follow but cannot be read: a block cut short.
-                        next = *b"XTENSION";
-                    }
-                }
-            }
-            (status, end, next)
-        };
-        if status != 0 {
-            return Err(Error::bad(
-                self.loc(last),
-                format!(
-                    "file is truncated: its data should end at byte {dataend} ({})",
-                    status_text(status)
-                ),
-            ));
-        }
-        if &next == b"XTENSION" {
-            return Err(Error::bad(
-                self.loc(n),
-                format!("file is truncated: the header starting at byte {dataend} is incomplete"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Fits {
-    /// Reads rows `rows` of text column `col` (0-based) of the current HDU
-    /// (callers move there first, e.g. through [`Fits::table`]) with cfitsio
-    /// directly. Each row gets a buffer as wide as cfitsio may write: the
+    /// Reads rows `rows` of text column `col` (0-based) of table HDU
+    /// `index` with cfitsio directly. Each row gets a buffer as wide as cfitsio may write: the
     /// column's string width or display width, whichever is larger, plus
     /// the terminating NUL (`fitsio`'s own string-column reader leaves no
     /// room for the NUL and writes one byte past its buffers). Errors are
     /// cfitsio status codes.
-    fn read_text_cells(&mut self, col: usize, rows: Range<usize>) -> Result<Vec<String>, i32> {
-        use fitsio::sys;
-        use std::os::raw::{c_char, c_int};
+    fn read_text_cells(
+        &mut self,
+        index: usize,
+        col: usize,
+        rows: Range<usize>,
+    ) -> Result<Vec<String>, i32> {
+        use std::os::raw::c_char;
         const BAD_COL_NUM: i32 = 302;
         let colnum = c_int::try_from(col + 1).map_err(|_| BAD_COL_NUM)?;
         let nrows = rows.len();
         if nrows == 0 {
             return Ok(Vec::new());
         }
-        // SAFETY: the handle is open; the pointer is used only below while
-        // `self.file` is borrowed by nothing else.
-        let fptr = unsafe { self.file.as_raw() };
+        let fptr = self.move_to(index).map_err(|_| BAD_COL_NUM)?;
         let (mut status, mut typecode, mut repeat, mut width) = (0, 0, 0, 0);
         let mut display: c_int = 0;
         // SAFETY: the handle is open and positioned on a table HDU; the
@@ -948,7 +801,12 @@ impl Fits {
                 &mut width,
                 &mut status,
             );
-            sys::ffgcdw(fptr, colnum, &mut display, &mut status);
+            // A text column is copied as stored (at most `repeat` characters
+            // per cell); other columns are formatted to their display width,
+            // which cfitsio finds by searching the header for `TDISPn`.
+            if typecode != sys::TSTRING as c_int {
+                sys::ffgcdw(fptr, colnum, &mut display, &mut status);
+            }
         }
         if status != 0 {
             return Err(status);
@@ -1015,7 +873,13 @@ pub const MAX_GZIP_BYTES: u64 = 1 << 30;
 /// A gzip file must decompress cleanly to at most [`MAX_GZIP_BYTES`] and
 /// agree with its trailer; the other compressions cfitsio would accept
 /// (Unix compress, pack, LZH, zip) are refused.
-fn check_compression(path: &Path) -> Result<()> {
+///
+/// Returns the HDU index and whether every card of the file has been
+/// checked ([`scan_cards`]): a gzip file is checked in the pass that
+/// decompresses it; a plain file is indexed by reading its headers only
+/// ([`walk_headers`]) and checked whole before cfitsio opens it
+/// ([`check_cards`]).
+fn check_compression(path: &Path) -> Result<(Vec<Hdu>, bool)> {
     use std::io::{Read, Seek, SeekFrom};
     let os = |source| Error::Os {
         path: path.to_path_buf(),
@@ -1033,20 +897,13 @@ fn check_compression(path: &Path) -> Result<()> {
                 "compressed with a method spectok does not read (only gzip is)".into(),
             ))
         }
-        _ => {
-            file.seek(SeekFrom::Start(0)).map_err(os)?;
-            return scan_cards(std::io::BufReader::new(file), path)
-                .map(|_| ())
-                .map_err(|e| match e {
-                    CardScan::Io(e) => os(e),
-                    CardScan::Bad(e) => e,
-                });
-        }
+        _ => return walk_headers(&file, path).map(|h| (h, false)),
     }
     file.seek(SeekFrom::Start(0)).map_err(os)?;
     let mut decoder =
         flate2::read::GzDecoder::new(std::io::BufReader::new(&mut file)).take(MAX_GZIP_BYTES + 1);
-    let size = scan_cards(&mut decoder, path).map_err(|e| match e {
+    let mut walk = Walker::new();
+    let size = scan_cards(&mut decoder, path, Some(&mut walk)).map_err(|e| match e {
         CardScan::Io(e) => bad(format!("corrupt gzip data: {e}")),
         CardScan::Bad(e) => e,
     })?;
@@ -1070,7 +927,74 @@ fn check_compression(path: &Path) -> Result<()> {
             "gzip trailer claims {claimed} bytes but the data decompresses to {size}"
         )));
     }
-    Ok(())
+    index(walk, size, path).map(|h| (h, true))
+}
+
+/// Indexes the HDUs of the plain file `file` by reading its header blocks
+/// only, skipping from each header over its data to the next.
+fn walk_headers(file: &std::fs::File, path: &Path) -> Result<Vec<Hdu>> {
+    use std::os::unix::fs::FileExt;
+    let os = |source| Error::Os {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = file.metadata().map_err(os)?.len();
+    let mut walk = Walker::new();
+    let mut block = [0u8; header::BLOCK as usize];
+    let mut pos = 0u64;
+    while let Some(at) = walk.wants(pos).filter(|&at| at < len) {
+        let mut filled = 0;
+        while filled < block.len() {
+            match file.read_at(&mut block[filled..], at + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(os(e)),
+            }
+        }
+        for (i, card) in block[..filled].chunks_exact(80).enumerate() {
+            walk.card(at + (i * 80) as u64, card)
+                .map_err(|f| fault_error(f, path))?;
+        }
+        pos = at + filled as u64;
+        if filled < block.len() {
+            break;
+        }
+    }
+    index(walk, len, path)
+}
+
+/// Checks every 80-byte card of the plain file `path` ([`scan_cards`])
+/// before cfitsio may parse any of it.
+fn check_cards(path: &Path) -> Result<()> {
+    let os = |source| Error::Os {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(os)?;
+    scan_cards(file, path, None)
+        .map(|_| ())
+        .map_err(|e| match e {
+            CardScan::Io(e) => os(e),
+            CardScan::Bad(e) => e,
+        })
+}
+
+/// The error for a fault found while indexing `path`.
+fn fault_error(f: header::Fault, path: &Path) -> Error {
+    let loc = Location::file(path).hdu(f.hdu);
+    Error::bad(
+        match f.field {
+            Some(k) => loc.field(k),
+            None => loc,
+        },
+        f.why,
+    )
+}
+
+/// The HDU index a finished walk over `size` bytes of `path` gives.
+fn index(walk: Walker, size: u64, path: &Path) -> Result<Vec<Hdu>> {
+    walk.finish(size).map_err(|f| fault_error(f, path))
 }
 
 /// Table keywords whose string values cfitsio copies into fixed-size
@@ -1089,7 +1013,11 @@ enum CardScan {
 /// is not a quoted string: cfitsio copies such a value — up to 70
 /// characters — into a 70-byte buffer without room for its terminator (a
 /// heap overflow found by fuzzing). Returns the number of bytes read.
-fn scan_cards(mut reader: impl std::io::Read, path: &Path) -> std::result::Result<u64, CardScan> {
+fn scan_cards(
+    mut reader: impl std::io::Read,
+    path: &Path,
+    mut walk: Option<&mut Walker>,
+) -> std::result::Result<u64, CardScan> {
     let mut buf = vec![0u8; 2880 * 16];
     let (mut total, mut filled) = (0u64, 0usize);
     loop {
@@ -1097,8 +1025,12 @@ fn scan_cards(mut reader: impl std::io::Read, path: &Path) -> std::result::Resul
         filled += n;
         let whole = filled - filled % 80;
         for (i, card) in buf[..whole].chunks_exact(80).enumerate() {
+            let offset = total + (i * 80) as u64;
+            if let Some(walk) = walk.as_deref_mut() {
+                walk.card(offset, card)
+                    .map_err(|f| CardScan::Bad(fault_error(f, path)))?;
+            }
             if let Some(key) = unquoted_string_key(card) {
-                let offset = total + (i * 80) as u64;
                 return Err(CardScan::Bad(Error::bad(
                     Location::file(path).field(key),
                     format!("header card at byte {offset}: string value is not quoted"),
@@ -1203,7 +1135,16 @@ mod card_tests {
         }
         bytes.resize(5760, b' ');
         std::fs::write(&path, &bytes).unwrap();
-        let msg = Fits::open(&path).err().expect("refused").to_string();
+        // spectok's own header index reads it; cfitsio never sees it.
+        let mut fits = Fits::open(&path).unwrap();
+        assert_eq!(fits.describe(1).unwrap().columns.len(), 1);
+        let msg = fits
+            .read_col_f32(
+                1,
+                "FLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFL",
+            )
+            .expect_err("refused")
+            .to_string();
         assert!(msg.contains("TTYPE1") && msg.contains("byte 3520"), "{msg}");
         assert!(!msg.contains('\n'));
     }
