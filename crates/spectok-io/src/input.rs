@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::format::{detect, Format};
 use crate::reader::InputUnit;
@@ -148,9 +150,15 @@ fn redrock_suffix(path: &Path) -> Option<String> {
 /// cannot be read.
 pub fn plan_inputs<S: AsRef<str>>(inputs: &[S], format: Option<Format>) -> Plan {
     let (files, mut problems) = expand_inputs(inputs);
+    // Detection reads each file's headers: in parallel, results in input
+    // order.
+    let formats: Vec<Result<Format>> = files
+        .par_iter()
+        .map(|f| format.map(Ok).unwrap_or_else(|| detect(f)))
+        .collect();
     let mut detected: Vec<(PathBuf, Format)> = Vec::new();
-    for f in files {
-        match format.map(Ok).unwrap_or_else(|| detect(&f)) {
+    for (f, fmt) in files.into_iter().zip(formats) {
+        match fmt {
             Ok(fmt) => detected.push((f, fmt)),
             Err(e) => problems.push(e),
         }
