@@ -528,9 +528,46 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(Gelu)
 }
 
-/// `Φ(x)`, the standard normal CDF (f32, as candle's `gelu_erf`).
+/// `erf(x)` in f32 as a rational function of `x` clamped to ±4 (beyond
+/// which erf is ±1 in f32): the single-precision approximation of Eigen
+/// and XLA, within 4.5e-7 of the exact value over the whole line (the
+/// unit test checks 1e-6 against `libm`). Branch-free, so the loops below
+/// vectorise; libm's `erff` is a scalar call per element.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    const A: [f32; 7] = [
+        -1.609_603_3e-2,
+        -2.954_6e-3,
+        -7.349_906_3e-4,
+        -5.692_506_4e-5,
+        -2.101_024e-6,
+        2.770_681_4e-8,
+        -2.726_142_3e-10,
+    ];
+    const B: [f32; 5] = [
+        -1.426_473_9e-2,
+        -7.373_329e-3,
+        -1.682_827e-3,
+        -2.133_740_6e-4,
+        -1.456_607_2e-5,
+    ];
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = A[6];
+    for a in A[..6].iter().rev() {
+        p = p * x2 + *a;
+    }
+    let mut q = B[4];
+    for b in B[..4].iter().rev() {
+        q = q * x2 + *b;
+    }
+    x * p / q
+}
+
+/// `Φ(x)`, the standard normal CDF.
+#[inline(always)]
 fn phi_cdf(x: f32) -> f32 {
-    0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+    0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 struct Gelu;
@@ -589,6 +626,21 @@ impl CustomOp2 for GeluBackward {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn erf_is_within_a_micro_of_the_exact_value_everywhere() {
+        let mut worst = 0f64;
+        for i in -1_200_000..=1_200_000 {
+            let x = i as f32 * 5e-6;
+            let exact = candle_core::cpu::erf::erf_f64(f64::from(x));
+            worst = worst.max((f64::from(erf(x)) - exact).abs());
+        }
+        for x in [-1e30f32, -50.0, -4.0, 4.0, 7.5, 1e30, f32::MIN_POSITIVE] {
+            let exact = candle_core::cpu::erf::erf_f64(f64::from(x));
+            worst = worst.max((f64::from(erf(x)) - exact).abs());
+        }
+        assert!(worst < 1e-6, "erf off by {worst}");
+    }
 
     /// Values and gradients (of a random weighting of the output) of the
     /// fused op equal those of the composite.

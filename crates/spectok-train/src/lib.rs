@@ -41,5 +41,6 @@ pub use metrics::{read_metrics, MetricsLog, Record, METRICS_FILE};
 pub use optim::{AdamW, OptimConfig, StepStats};
 pub use schedule::{Schedule, ScheduleConfig};
 pub use trainer::{
-    file_sources, Observer, Outcome, StartEvent, StepEvent, Summary, Trainer, RUN_CONFIG_FILE,
+    file_sources, named_vars, Observer, Outcome, StartEvent, StepEvent, Summary, Trainer,
+    RUN_CONFIG_FILE,
 };

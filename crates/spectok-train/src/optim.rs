@@ -19,12 +19,22 @@
 //!
 //! Clipping: when `grad_clip > 0` and the global L2 norm of all gradients
 //! exceeds it, every gradient is scaled by `grad_clip / norm`.
+//!
+//! On the CPU with f32 parameters (where [`spectok_model::fused`] applies)
+//! the update runs in place: one read pass per gradient for the norm and
+//! three in-place passes per parameter (`m`, `v`, `θ`), instead of a dozen
+//! tensor operations that each allocate a parameter-sized buffer. Other
+//! devices and dtypes take the tensor-operation path; both compute the
+//! same update (tested equal).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{
+    CpuStorage, CustomOp1, DType, InplaceOp2, InplaceOp3, Layout, Shape, Tensor, Var,
+};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -97,8 +107,9 @@ impl AdamW {
         let mut params = params
             .into_iter()
             .map(|(name, var)| {
+                // Separate buffers: the moments are updated in place.
                 let m = Tensor::zeros(var.shape(), DType::F32, var.device())?;
-                let v = m.clone();
+                let v = Tensor::zeros(var.shape(), DType::F32, var.device())?;
                 let decay = var.rank() >= 2;
                 Ok(Param {
                     name,
@@ -136,7 +147,11 @@ impl AdamW {
         let mut sums = Vec::with_capacity(self.params.len());
         for p in &self.params {
             if let Some(g) = grads.get(p.var.as_tensor()) {
-                sums.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?);
+                sums.push(if in_place(g) {
+                    g.apply_op1_no_bwd(&SumSquares)?
+                } else {
+                    g.to_dtype(DType::F32)?.sqr()?.sum_all()?
+                });
             }
         }
         if sums.is_empty() {
@@ -181,12 +196,48 @@ impl AdamW {
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
         let wd = self.cfg.weight_decay;
+        let factor = clip_scale * grad_scale;
         for p in &mut self.params {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
+            let theta = p.var.as_tensor();
+            if in_place(g) && in_place(theta) && in_place(&p.m) && in_place(&p.v) {
+                p.m.inplace_op2(
+                    g,
+                    &Moment {
+                        beta: b1,
+                        factor,
+                        square: false,
+                    },
+                )?;
+                p.v.inplace_op2(
+                    g,
+                    &Moment {
+                        beta: b2,
+                        factor,
+                        square: true,
+                    },
+                )?;
+                let decay = if p.decay && wd != 0.0 {
+                    1.0 - lr * wd
+                } else {
+                    1.0
+                };
+                theta.inplace_op3(
+                    &p.m,
+                    &p.v,
+                    &Update {
+                        decay,
+                        lr,
+                        bc1,
+                        bc2,
+                        eps: self.cfg.eps,
+                    },
+                )?;
+                continue;
+            }
             let g = g.to_dtype(DType::F32)?;
-            let factor = clip_scale * grad_scale;
             let g = if factor != 1.0 {
                 g.affine(factor, 0.0)?
             } else {
@@ -217,12 +268,13 @@ impl AdamW {
     }
 
     /// The moments and step counter as named tensors: `m.<param>`,
-    /// `v.<param>` and `adamw.step`.
+    /// `v.<param>` and `adamw.step` (copies: later steps update the
+    /// moments in place).
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for p in &self.params {
-            out.insert(format!("m.{}", p.name), p.m.clone());
-            out.insert(format!("v.{}", p.name), p.v.clone());
+            out.insert(format!("m.{}", p.name), p.m.copy()?);
+            out.insert(format!("v.{}", p.name), p.v.copy()?);
         }
         let device = self
             .params
@@ -285,8 +337,9 @@ impl AdamW {
                 }
                 Ok(t.to_dtype(DType::F32)?)
             };
-            let m = take("m")?;
-            let v = take("v")?;
+            // Own copies: the moments are updated in place.
+            let m = take("m")?.copy()?;
+            let v = take("v")?.copy()?;
             restored.push((m, v));
         }
         if let Some(extra) = tensors.keys().min() {
@@ -300,6 +353,144 @@ impl AdamW {
             p.v = v;
         }
         self.step = step as u64;
+        Ok(())
+    }
+}
+
+/// Whether `t` takes the in-place CPU path: an f32 CPU tensor, contiguous,
+/// with the fused kernels enabled (see [`spectok_model::fused::applies`]).
+fn in_place(t: &Tensor) -> bool {
+    spectok_model::fused::applies(t) && t.is_contiguous()
+}
+
+/// Elements per rayon task of the in-place passes.
+const BLOCK: usize = 1 << 14;
+
+/// The f32 slice of a contiguous CPU tensor.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("in-place AdamW: strided tensor".into()))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&v[start..end]),
+        _ => candle_core::bail!("in-place AdamW: not f32"),
+    }
+}
+
+/// The mutable f32 slice of a contiguous CPU tensor.
+fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("in-place AdamW: strided tensor".into()))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[start..end]),
+        _ => candle_core::bail!("in-place AdamW: not f32"),
+    }
+}
+
+/// `Σ g²` of one gradient as a scalar tensor (accumulated in f64).
+struct SumSquares;
+
+impl CustomOp1 for SumSquares {
+    fn name(&self) -> &'static str {
+        "adamw-sum-squares"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = slice(s, l)?;
+        let sum: f64 = g
+            .par_chunks(BLOCK)
+            .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+            .sum();
+        Ok((CpuStorage::F32(vec![sum as f32]), Shape::from(())))
+    }
+}
+
+/// One moment in place: `m ← β m + (1 − β) f g` (or `(f g)²` for `v`).
+struct Moment {
+    beta: f64,
+    factor: f64,
+    square: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let g = slice(s2, l2)?;
+        let m = slice_mut(s1, l1)?;
+        if m.len() != g.len() {
+            candle_core::bail!("in-place AdamW: moment and gradient sizes differ");
+        }
+        let (beta, rest, f) = (
+            self.beta as f32,
+            (1.0 - self.beta) as f32,
+            self.factor as f32,
+        );
+        let square = self.square;
+        m.par_chunks_mut(BLOCK)
+            .zip(g.par_chunks(BLOCK))
+            .for_each(|(m, g)| {
+                for (m, &g) in m.iter_mut().zip(g) {
+                    let g = g * f;
+                    let g = if square { g * g } else { g };
+                    *m = *m * beta + g * rest;
+                }
+            });
+        Ok(())
+    }
+}
+
+/// The parameter step in place:
+/// `θ ← θ · decay − lr · (m / bc₁) / (√(v / bc₂) + ε)`.
+struct Update {
+    decay: f64,
+    lr: f64,
+    bc1: f64,
+    bc2: f64,
+    eps: f64,
+}
+
+impl InplaceOp3 for Update {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (m, v) = (slice(s2, l2)?, slice(s3, l3)?);
+        let theta = slice_mut(s1, l1)?;
+        if theta.len() != m.len() || theta.len() != v.len() {
+            candle_core::bail!("in-place AdamW: parameter and moment sizes differ");
+        }
+        let decay = self.decay as f32;
+        let lr = self.lr as f32;
+        let (ibc1, ibc2) = ((1.0 / self.bc1) as f32, (1.0 / self.bc2) as f32);
+        let eps = self.eps as f32;
+        theta
+            .par_chunks_mut(BLOCK)
+            .zip(m.par_chunks(BLOCK).zip(v.par_chunks(BLOCK)))
+            .for_each(|(t, (m, v))| {
+                for ((t, &m), &v) in t.iter_mut().zip(m).zip(v) {
+                    let update = (m * ibc1) / ((v * ibc2).sqrt() + eps);
+                    *t = *t * decay - lr * update;
+                }
+            });
         Ok(())
     }
 }

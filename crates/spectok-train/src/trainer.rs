@@ -172,7 +172,7 @@ pub fn file_sources(cfg: &TrainConfig) -> Result<(Vec<SourceSpec>, Vec<String>)>
 }
 
 /// Names of a var map's variables with the variables, sorted by name.
-fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+pub fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
     let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
