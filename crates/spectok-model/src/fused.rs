@@ -15,6 +15,8 @@ use candle_core::{
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+mod attention;
+
 /// Elements handed to one rayon task at least.
 const TASK_ELEMENTS: usize = 1 << 14;
 
@@ -517,6 +519,70 @@ impl CustomOp1 for SumRows {
 }
 
 // ---------------------------------------------------------------------------
+// Attention
+// ---------------------------------------------------------------------------
+
+/// Multi-head attention `softmax(scale · q kᵀ + bias) v` over `(B, Sq, D)`
+/// queries and `(B, Sk, D)` keys and values (the projections, heads
+/// interleaved along `D`), with `key_mask` `(B, Sk)` non-zero where a key
+/// may be attended (others get [`crate::layers::MASK_LOGIT`]); returns
+/// `(B, Sq, D)`, differentiable in q, k and v. `train` keeps the softmax
+/// weights for the backward pass. `None` where the fused kernel does not
+/// apply (not f32 on the CPU, or the kernels are off): the caller then
+/// takes the composite path.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_mask: &Tensor,
+    heads: usize,
+    scale: f64,
+    train: bool,
+) -> Result<Option<Tensor>> {
+    attention_blocks(
+        q,
+        k,
+        v,
+        key_mask,
+        (heads, scale, train),
+        attention::QUERY_BLOCK_LOGITS,
+    )
+}
+
+/// [`attention`] holding at most `block_logits` logits per task at
+/// inference.
+fn attention_blocks(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_mask: &Tensor,
+    (heads, scale, train): (usize, f64, bool),
+    block_logits: usize,
+) -> Result<Option<Tensor>> {
+    if !(fusable(q) && fusable(k) && fusable(v)) {
+        return Ok(None);
+    }
+    let bias: Vec<f32> = key_mask
+        .to_dtype(DType::U8)?
+        .flatten_all()?
+        .to_vec1::<u8>()?
+        .into_iter()
+        .map(|m| {
+            if m != 0 {
+                0.0
+            } else {
+                crate::layers::MASK_LOGIT
+            }
+        })
+        .collect();
+    let op = attention::Attention::new(heads, scale as f32, bias, train, block_logits);
+    Ok(Some(q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        op,
+    )?))
+}
+
 // GELU
 // ---------------------------------------------------------------------------
 
@@ -710,6 +776,66 @@ mod tests {
                 |t| composite_layer_norm(&t[0], &t[1], &t[2], 1e-5),
                 &[w, b],
             )?;
+        }
+        Ok(())
+    }
+
+    /// The composite attention of `layers::Attention` (heads split and
+    /// merged by copies, candle's softmax).
+    fn composite_attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        heads: usize,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let (b, sq, d) = q.dims3()?;
+        let sk = k.dim(1)?;
+        let split = |x: &Tensor, s: usize| {
+            x.reshape((b, s, heads, d / heads))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (qh, kh, vh) = (split(q, sq)?, split(k, sk)?, split(v, sk)?);
+        let dev = q.device();
+        let bias = mask.reshape((b, 1, 1, sk))?.where_cond(
+            &Tensor::zeros((b, 1, 1, sk), DType::F32, dev)?,
+            &Tensor::new(crate::layers::MASK_LOGIT, dev)?.broadcast_as((b, 1, 1, sk))?,
+        )?;
+        let logits = (qh.matmul(&kh.t()?)? * scale)?.broadcast_add(&bias)?;
+        candle_nn::ops::softmax(&logits, D::Minus1)?
+            .matmul(&vh)?
+            .transpose(1, 2)?
+            .reshape((b, sq, d))
+    }
+
+    #[test]
+    fn fused_attention_equals_the_composite_forward_and_backward() -> Result<()> {
+        let dev = Device::Cpu;
+        // Self-attention and cross-attention (Sq ≠ Sk); the second spectrum
+        // may attend only its first 5 keys.
+        for (b, sq, sk, d, heads) in [(2, 7, 7, 16, 4), (2, 5, 11, 24, 3)] {
+            let mask: Vec<u8> = (0..b * sk)
+                .map(|i| u8::from(i < sk || i % sk < 5))
+                .collect();
+            let mask = Tensor::from_vec(mask, (b, sk), &dev)?;
+            let k = Tensor::randn(0f32, 1.0, (b, sk, d), &dev)?;
+            let v = Tensor::randn(0f32, 1.0, (b, sk, d), &dev)?;
+            let scale = 1.0 / ((d / heads) as f64).sqrt();
+            // Training (weights kept), inference in one block and in
+            // blocks of two query rows (the backward recomputes them).
+            for (train, block) in [(true, usize::MAX), (false, usize::MAX), (false, 2 * sk)] {
+                agree(
+                    &[b, sq, d],
+                    |t| {
+                        attention_blocks(&t[0], &t[1], &t[2], &mask, (heads, scale, train), block)?
+                            .ok_or_else(|| candle_core::Error::Msg("not fused".into()))
+                    },
+                    |t| composite_attention(&t[0], &t[1], &t[2], &mask, heads, scale),
+                    &[k.clone(), v.clone()],
+                )?;
+            }
         }
         Ok(())
     }

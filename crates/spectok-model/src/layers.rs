@@ -245,15 +245,32 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, sq, d) = x_q.dims3()?;
         let sk = x_kv.dim(1)?;
-        let q = self.split_heads(&x_q.apply(&self.q)?)?;
-        let k = self.split_heads(&x_kv.apply(&self.k)?)?;
-        let v = self.split_heads(&x_kv.apply(&self.v)?)?;
+        let (q, k, v) = (
+            x_q.apply(&self.q)?,
+            x_kv.apply(&self.k)?,
+            x_kv.apply(&self.v)?,
+        );
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        // f32 on the CPU: one fused op per call (heads as strided views of
+        // the projections, scale and mask folded in; see
+        // `fused::attention`) unless attention dropout is on in training.
+        if !(train && self.dropout > 0.0) {
+            if let Some(o) =
+                crate::fused::attention(&q, &k, &v, key_mask, self.heads, scale, train)?
+            {
+                return o.apply(&self.out);
+            }
+        }
+        let (q, k, v) = (
+            self.split_heads(&q)?,
+            self.split_heads(&k)?,
+            self.split_heads(&v)?,
+        );
         // The 1/√d scale is applied inside the fused softmax on the CPU
         // (no pass of its own), else on q (B·S·D values rather than
         // B·H·S·S logits); masked keys get an additive MASK_LOGIT bias
         // built once per call at (B, 1, 1, Sk): cheaper than a full-size
         // select, forward and backward.
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (q, scale) = if crate::fused::applies(&q) {
             (q, scale)
         } else {
