@@ -7,6 +7,7 @@
 //! ([`header`]), built in the single pass [`Fits::open`] makes over the
 //! file; cfitsio is opened on the first data read and only reads data.
 
+mod direct;
 mod header;
 #[cfg(test)]
 mod oracle_tests;
@@ -19,7 +20,11 @@ use fitsio::sys;
 use fitsio::FitsFile;
 
 use crate::error::{Error, Location, Result};
-use header::{Hdu, Walker};
+use direct::Stored;
+use header::{Hdu, Lookup, Walker};
+
+/// Largest read [`direct`] makes at once (larger ones go to cfitsio).
+const MAX_DIRECT_BYTES: u64 = 1 << 30;
 
 /// Largest number of elements we agree to read from one HDU (guards against
 /// headers that claim gigantic sizes).
@@ -99,27 +104,53 @@ pub struct Fits {
     /// Whether every card of the file has passed [`scan_cards`] (done
     /// before cfitsio first opens it).
     cards_checked: bool,
+    /// The file itself when it is not compressed: unscaled data are read
+    /// from it directly ([`direct`]).
+    plain: Option<std::fs::File>,
+    /// Tests: read everything through cfitsio.
+    cfitsio_only: bool,
+    /// The table rows last read directly: HDU, rows, bytes.
+    rows_cache: Option<(usize, Range<usize>, std::sync::Arc<[u8]>)>,
 }
 
 /// A value cfitsio reads into a Rust buffer: its cfitsio datatype code
 /// for columns, and for images (cfitsio's tile-compressed image reader
 /// takes `TLONG`, not `TLONGLONG`, for 64-bit integers where a C `long`
 /// has 64 bits — as `fitsio` reads them).
+///
+/// `decode` converts a stored big-endian value as cfitsio does, or gives
+/// `None` where cfitsio would do more (a float read as an integer, a
+/// double out of f32 range): the read then goes to cfitsio.
 trait Value: Copy + Default {
     const CODE: c_int;
     const IMAGE_CODE: c_int = Self::CODE;
+    fn decode(stored: Stored, bytes: &[u8]) -> Option<Self>;
 }
 
 impl Value for f64 {
     const CODE: c_int = sys::TDOUBLE as c_int;
+    fn decode(stored: Stored, bytes: &[u8]) -> Option<Self> {
+        Some(stored.float(bytes))
+    }
 }
 
 impl Value for f32 {
     const CODE: c_int = sys::TFLOAT as c_int;
+    fn decode(stored: Stored, bytes: &[u8]) -> Option<Self> {
+        let v = stored.float(bytes);
+        match stored {
+            Stored::I64 => stored.int(bytes).map(|i| i as f32),
+            Stored::F64 if v.is_finite() && v.abs() > f64::from(f32::MAX) => None,
+            _ => Some(v as f32),
+        }
+    }
 }
 
 impl Value for i64 {
     const CODE: c_int = sys::TLONGLONG as c_int;
+    fn decode(stored: Stored, bytes: &[u8]) -> Option<Self> {
+        stored.int(bytes)
+    }
     const IMAGE_CODE: c_int = if std::mem::size_of::<std::os::raw::c_long>() == 8 {
         sys::TLONG as c_int
     } else {
@@ -129,6 +160,9 @@ impl Value for i64 {
 
 impl Value for u64 {
     const CODE: c_int = sys::TULONGLONG as c_int;
+    fn decode(_: Stored, _: &[u8]) -> Option<Self> {
+        None
+    }
 }
 
 impl Fits {
@@ -142,12 +176,15 @@ impl Fits {
     /// checked — so detecting a format and reading keywords never reach
     /// cfitsio.
     pub fn open(path: &Path) -> Result<Fits> {
-        let (hdus, cards_checked) = check_compression(path)?;
+        let (hdus, cards_checked, plain) = check_compression(path)?;
         Ok(Fits {
             file: None,
             path: path.to_path_buf(),
             hdus,
             cards_checked,
+            plain,
+            cfitsio_only: false,
+            rows_cache: None,
         })
     }
 
@@ -332,15 +369,18 @@ impl Fits {
         index: usize,
         first: usize,
         n: usize,
-    ) -> Result<Vec<T>, i32> {
+    ) -> Result<Vec<T>, Fail> {
         const BAD_ELEM: i32 = 308;
-        let fptr = self.move_to(index).map_err(|_| BAD_ELEM)?;
+        if let Some(v) = self.direct_pixels(index, first, n) {
+            return Ok(v);
+        }
+        let fptr = self.move_to(index).map_err(Fail::Before)?;
         let mut out = vec![T::default(); n];
         if n == 0 {
             return Ok(out);
         }
-        let first = sys::LONGLONG::try_from(first + 1).map_err(|_| BAD_ELEM)?;
-        let nelem = sys::LONGLONG::try_from(n).map_err(|_| BAD_ELEM)?;
+        let first = sys::LONGLONG::try_from(first + 1).map_err(|_| Fail::Status(BAD_ELEM))?;
+        let nelem = sys::LONGLONG::try_from(n).map_err(|_| Fail::Status(BAD_ELEM))?;
         let mut status = 0;
         // SAFETY: the handle is open on HDU `index`; `out` holds `n` values
         // of the type `T::IMAGE_CODE` names; a null `nulval` asks for no
@@ -358,7 +398,7 @@ impl Fits {
             );
         }
         if status != 0 {
-            return Err(status);
+            return Err(Fail::Status(status));
         }
         Ok(out)
     }
@@ -372,12 +412,9 @@ impl Fits {
     ) -> Result<(Vec<T>, Vec<usize>)> {
         let shape = self.image_shape(index, field)?;
         let n = shape.iter().product();
-        let v: Vec<T> = self.read_pixels(index, 0, n).map_err(|status| {
-            Error::bad(
-                self.loc(index).field(field),
-                format!("cannot read image: {}", status_text(status)),
-            )
-        })?;
+        let v: Vec<T> = self
+            .read_pixels(index, 0, n)
+            .map_err(|f| f.at(self.loc(index).field(field), "cannot read image"))?;
         check_len(&v, &shape, || self.loc(index).field(field))?;
         Ok((v, shape))
     }
@@ -419,9 +456,7 @@ impl Fits {
         }
         let v: Vec<T> = self
             .read_pixels(index, row * ncol, ncol)
-            .map_err(|status| {
-                Error::bad(at(), format!("cannot read row: {}", status_text(status)))
-            })?;
+            .map_err(|f| f.at(at(), "cannot read row"))?;
         if v.len() != ncol {
             return Err(Error::bad(
                 at(),
@@ -485,7 +520,6 @@ impl Fits {
                 format!("column claims {n} values"),
             ));
         }
-        self.move_to(index)?;
         Ok((i, rows))
     }
 
@@ -504,23 +538,29 @@ impl Fits {
         index: usize,
         col: usize,
         rows: Range<usize>,
-    ) -> Result<Vec<T>, i32> {
+    ) -> Result<Vec<T>, Fail> {
         const BAD_ROW: i32 = 307;
-        let fptr = self.move_to(index).map_err(|_| BAD_ROW)?;
+        if let Some(v) = self.direct_cells(index, col, rows.clone()) {
+            return Ok(v);
+        }
+        let fptr = self.move_to(index).map_err(Fail::Before)?;
         let form = self.hdus[index].forms[col];
         let repeat = if form.code == b'X' {
             (form.repeat / (std::mem::size_of::<T>() * 8)).max(1)
         } else {
             form.repeat
         };
-        let n = rows.len().checked_mul(repeat).ok_or(BAD_ROW)?;
+        let n = rows
+            .len()
+            .checked_mul(repeat)
+            .ok_or(Fail::Status(BAD_ROW))?;
         let mut out = vec![T::default(); n];
         if n == 0 {
             return Ok(out);
         }
-        let colnum = c_int::try_from(col + 1).map_err(|_| BAD_ROW)?;
-        let first = sys::LONGLONG::try_from(rows.start + 1).map_err(|_| BAD_ROW)?;
-        let nelem = sys::LONGLONG::try_from(n).map_err(|_| BAD_ROW)?;
+        let colnum = c_int::try_from(col + 1).map_err(|_| Fail::Status(BAD_ROW))?;
+        let first = sys::LONGLONG::try_from(rows.start + 1).map_err(|_| Fail::Status(BAD_ROW))?;
+        let nelem = sys::LONGLONG::try_from(n).map_err(|_| Fail::Status(BAD_ROW))?;
         let mut status = 0;
         // SAFETY: the handle is open on table HDU `index`; `out` holds `n`
         // values of the type `T::CODE` names; a null `nulval` asks for no
@@ -540,7 +580,7 @@ impl Fits {
             );
         }
         if status != 0 {
-            return Err(status);
+            return Err(Fail::Status(status));
         }
         Ok(out)
     }
@@ -549,12 +589,8 @@ impl Fits {
     /// row-major).
     fn read_col_as<T: Value>(&mut self, index: usize, column: &str) -> Result<Vec<T>> {
         let (i, rows) = self.table(index, column)?;
-        self.read_cells(index, i, 0..rows).map_err(|status| {
-            Error::bad(
-                self.loc(index).field(column),
-                format!("cannot read column: {}", status_text(status)),
-            )
-        })
+        self.read_cells(index, i, 0..rows)
+            .map_err(|f| f.at(self.loc(index).field(column), "cannot read column"))
     }
 
     /// Reads a numeric column (all rows; array cells flattened row-major).
@@ -586,12 +622,8 @@ impl Fits {
                 format!("rows {rows:?} out of {nrows} rows"),
             ));
         }
-        self.read_cells(index, i, rows).map_err(|status| {
-            Error::bad(
-                self.loc(index).field(column),
-                format!("cannot read column: {}", status_text(status)),
-            )
-        })
+        self.read_cells(index, i, rows)
+            .map_err(|f| f.at(self.loc(index).field(column), "cannot read column"))
     }
 
     /// Reads a text column (one string per row, trimmed).
@@ -599,12 +631,7 @@ impl Fits {
         let (col, rows) = self.table(index, column)?;
         self.read_text_cells(index, col, 0..rows)
             .map(|v| v.into_iter().map(|s| s.trim().to_string()).collect())
-            .map_err(|status| {
-                Error::bad(
-                    self.loc(index).field(column),
-                    format!("cannot read column: {}", status_text(status)),
-                )
-            })
+            .map_err(|f| f.at(self.loc(index).field(column), "cannot read column"))
     }
 }
 
@@ -706,11 +733,11 @@ impl Fits {
                 format!("row out of range (table has {rows} rows)"),
             ));
         }
-        let fail = |status| format!("cannot read identifier: {}", status_text(status));
+        let fail = |f: Fail| f.at(at(), "cannot read identifier");
         let first = match self.hdus[index].forms[i].code {
             b'A' => self
                 .read_text_cells(index, i, row..row + 1)
-                .map_err(|status| Error::bad(at(), fail(status)))?
+                .map_err(fail)?
                 .into_iter()
                 .next()
                 .map(|s| s.trim().to_string()),
@@ -720,7 +747,7 @@ impl Fits {
                 Ok(v) => v.first().map(|x| x.to_string()),
                 Err(_) => self
                     .read_cells::<u64>(index, i, row..row + 1)
-                    .map_err(|status| Error::bad(at(), fail(status)))?
+                    .map_err(fail)?
                     .first()
                     .map(|x| x.to_string()),
             },
@@ -732,6 +759,25 @@ impl Fits {
             }
         };
         first.ok_or_else(|| Error::bad(at(), "no value read"))
+    }
+}
+
+/// Why a cfitsio read failed: its status, or an error before cfitsio ran
+/// (the card check refused the file, or cfitsio could not open it).
+#[derive(Debug)]
+enum Fail {
+    Status(i32),
+    Before(Error),
+}
+
+impl Fail {
+    /// The error at `loc`: `what: <cfitsio's text>` for a status, the
+    /// earlier error as it is.
+    fn at(self, loc: Location, what: &str) -> Error {
+        match self {
+            Fail::Status(s) => Error::bad(loc, format!("{what}: {}", status_text(s))),
+            Fail::Before(e) => e,
+        }
     }
 }
 
@@ -779,15 +825,18 @@ impl Fits {
         index: usize,
         col: usize,
         rows: Range<usize>,
-    ) -> Result<Vec<String>, i32> {
+    ) -> Result<Vec<String>, Fail> {
         use std::os::raw::c_char;
         const BAD_COL_NUM: i32 = 302;
-        let colnum = c_int::try_from(col + 1).map_err(|_| BAD_COL_NUM)?;
+        let colnum = c_int::try_from(col + 1).map_err(|_| Fail::Status(BAD_COL_NUM))?;
         let nrows = rows.len();
         if nrows == 0 {
             return Ok(Vec::new());
         }
-        let fptr = self.move_to(index).map_err(|_| BAD_COL_NUM)?;
+        if let Some(v) = self.direct_text(index, col, rows.clone()) {
+            return Ok(v);
+        }
+        let fptr = self.move_to(index).map_err(Fail::Before)?;
         let (mut status, mut typecode, mut repeat, mut width) = (0, 0, 0, 0);
         let mut display: c_int = 0;
         // SAFETY: the handle is open and positioned on a table HDU; the
@@ -809,25 +858,26 @@ impl Fits {
             }
         }
         if status != 0 {
-            return Err(status);
+            return Err(Fail::Status(status));
         }
         let chars = [repeat, width, sys::LONGLONG::from(display)]
             .into_iter()
             .max()
             .unwrap_or(0)
             .max(0);
-        let chars = usize::try_from(chars).map_err(|_| BAD_COL_NUM)?;
+        let chars = usize::try_from(chars).map_err(|_| Fail::Status(BAD_COL_NUM))?;
         // The table's own size was checked against MAX_ELEMENTS by the
         // caller; guard the buffer total all the same.
         if nrows.saturating_mul(chars + 1) > MAX_ELEMENTS {
-            return Err(BAD_COL_NUM);
+            return Err(Fail::Status(BAD_COL_NUM));
         }
         let mut bufs: Vec<Vec<c_char>> = vec![vec![0; chars + 1]; nrows];
         let mut ptrs: Vec<*mut c_char> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
         let mut nulval = [0 as c_char; 1];
         let mut anynul: c_int = 0;
-        let first = sys::LONGLONG::try_from(rows.start + 1).map_err(|_| BAD_COL_NUM)?;
-        let nelem = sys::LONGLONG::try_from(nrows).map_err(|_| BAD_COL_NUM)?;
+        let first =
+            sys::LONGLONG::try_from(rows.start + 1).map_err(|_| Fail::Status(BAD_COL_NUM))?;
+        let nelem = sys::LONGLONG::try_from(nrows).map_err(|_| Fail::Status(BAD_COL_NUM))?;
         // SAFETY: `ptrs` holds `nrows` pointers to buffers of `chars + 1`
         // bytes, and cfitsio writes at most the column's string (or display)
         // width plus a NUL into each; `bufs` outlives the call.
@@ -845,7 +895,7 @@ impl Fits {
             );
         }
         if status != 0 {
-            return Err(status);
+            return Err(Fail::Status(status));
         }
         Ok(bufs
             .iter()
@@ -879,7 +929,7 @@ pub const MAX_GZIP_BYTES: u64 = 1 << 30;
 /// decompresses it; a plain file is indexed by reading its headers only
 /// ([`walk_headers`]) and checked whole before cfitsio opens it
 /// ([`check_cards`]).
-fn check_compression(path: &Path) -> Result<(Vec<Hdu>, bool)> {
+fn check_compression(path: &Path) -> Result<(Vec<Hdu>, bool, Option<std::fs::File>)> {
     use std::io::{Read, Seek, SeekFrom};
     let os = |source| Error::Os {
         path: path.to_path_buf(),
@@ -897,7 +947,7 @@ fn check_compression(path: &Path) -> Result<(Vec<Hdu>, bool)> {
                 "compressed with a method spectok does not read (only gzip is)".into(),
             ))
         }
-        _ => return walk_headers(&file, path).map(|h| (h, false)),
+        _ => return walk_headers(&file, path).map(|h| (h, false, Some(file))),
     }
     file.seek(SeekFrom::Start(0)).map_err(os)?;
     let mut decoder =
@@ -927,7 +977,7 @@ fn check_compression(path: &Path) -> Result<(Vec<Hdu>, bool)> {
             "gzip trailer claims {claimed} bytes but the data decompresses to {size}"
         )));
     }
-    index(walk, size, path).map(|h| (h, true))
+    index(walk, size, path).map(|h| (h, true, None))
 }
 
 /// Indexes the HDUs of the plain file `file` by reading its header blocks
@@ -1135,9 +1185,14 @@ mod card_tests {
         }
         bytes.resize(5760, b' ');
         std::fs::write(&path, &bytes).unwrap();
-        // spectok's own header index reads it; cfitsio never sees it.
+        // spectok's own header index and direct reads take it; cfitsio
+        // never sees it.
         let mut fits = Fits::open(&path).unwrap();
         assert_eq!(fits.describe(1).unwrap().columns.len(), 1);
+        let column = "FLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFLUXFL";
+        assert_eq!(fits.read_col_f32(1, column).unwrap(), Vec::<f32>::new());
+        // A read that needs cfitsio is refused before cfitsio opens the file.
+        fits.cfitsio_only = true;
         let msg = fits
             .read_col_f32(
                 1,

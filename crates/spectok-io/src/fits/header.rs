@@ -42,6 +42,26 @@ pub(crate) struct Hdu {
     pub desc: HduDesc,
     /// Binary-table column forms (empty for images).
     pub forms: Vec<Form>,
+    /// Where spectok can decode the data itself (see [`Direct`]).
+    pub direct: Direct,
+}
+
+/// Data spectok reads without cfitsio: big-endian values at known
+/// offsets, unscaled. Anything else (scaled or compressed data, ASCII
+/// tables, bit, logical, complex and variable-length columns) is read by
+/// cfitsio.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Direct {
+    /// An image of `BITPIX` `bitpix` without `BSCALE`/`BZERO`.
+    Image { bitpix: i64 },
+    /// A binary table of `row_bytes` bytes a row; per column, its byte
+    /// offset in the row and whether it can be decoded directly.
+    Table {
+        row_bytes: u64,
+        columns: Vec<(u64, bool)>,
+    },
+    #[default]
+    None,
 }
 
 impl Hdu {
@@ -63,9 +83,26 @@ pub(crate) struct Form {
     pub repeat: usize,
     pub code: u8,
     pub var: bool,
+    /// Whether the form is exactly `rT` (no `Aw` sub-width or `(max)`).
+    pub plain: bool,
 }
 
 impl Form {
+    /// Bytes the column takes in a binary-table row, `None` on overflow.
+    pub fn bytes(&self) -> Option<u64> {
+        let r = self.repeat as u64;
+        let size = match self.code {
+            b'X' => return Some(r.div_ceil(8)),
+            b'L' | b'B' | b'A' => 1,
+            b'I' => 2,
+            b'J' | b'E' => 4,
+            b'K' | b'D' | b'C' | b'P' => 8,
+            b'M' | b'Q' => 16,
+            _ => return None,
+        };
+        r.checked_mul(size)
+    }
+
     /// Parses a binary-table `TFORMn` (`rT`, `rPt(max)`, `rQt(max)`).
     fn binary(text: &str) -> Option<Form> {
         let t = text.trim();
@@ -77,7 +114,13 @@ impl Form {
         };
         let code = t.as_bytes().get(digits)?.to_ascii_uppercase();
         let var = matches!(code, b'P' | b'Q');
-        Some(Form { repeat, code, var })
+        let plain = t.len() == digits + 1;
+        Some(Form {
+            repeat,
+            code,
+            var,
+            plain,
+        })
     }
 
     /// Parses an ASCII-table `TFORMn` (`Aw`, `Iw`, `Fw.d`, `Ew.d`, `Dw.d`):
@@ -88,6 +131,7 @@ impl Form {
             repeat: 1,
             code,
             var: false,
+            plain: false,
         })
     }
 }
@@ -119,7 +163,7 @@ fn value_field(card: &[u8; 80]) -> Option<&[u8]> {
 /// A parsed value: a quoted string (unescaped, trailing blanks dropped) or
 /// the text of any other value (comment and surrounding blanks dropped).
 #[derive(Debug, PartialEq)]
-enum Value {
+pub(crate) enum Value {
     Text(String),
     Other(String),
 }
@@ -277,9 +321,9 @@ impl Header {
         self.map().get(&k).map(|&i| i as usize)
     }
 
-    fn value(&self, key: &str) -> Option<Value> {
-        let card = &self.cards[self.find(key)?];
-        parse_value(value_field(card)?)
+    /// The value of card `i`, when it has one.
+    fn value_at(&self, i: usize) -> Option<Value> {
+        parse_value(value_field(self.cards.get(i)?)?)
     }
 
     /// Every keyword that carries a value, in card order (tests compare
@@ -291,10 +335,33 @@ impl Header {
             .map(|c| String::from_utf8_lossy(keyword(c)).into_owned())
             .collect()
     }
+}
+
+impl Lookup for Header {
+    fn header(&self) -> &Header {
+        self
+    }
+
+    fn find(&self, key: &str) -> Option<usize> {
+        Header::find(self, key)
+    }
+}
+
+/// Keyword lookups with cfitsio's reading of values, over a header and a
+/// way to find a keyword's first card.
+pub(crate) trait Lookup {
+    fn header(&self) -> &Header;
+
+    /// Index of the first card of keyword `key`.
+    fn find(&self, key: &str) -> Option<usize>;
+
+    fn value(&self, key: &str) -> Option<Value> {
+        self.header().value_at(self.find(key)?)
+    }
 
     /// A keyword as text: a string value without its quotes, any other
     /// value as written (cfitsio's `ffgkys`).
-    pub fn text(&self, key: &str) -> Option<String> {
+    fn text(&self, key: &str) -> Option<String> {
         match self.value(key)? {
             Value::Text(s) | Value::Other(s) => Some(s),
         }
@@ -302,7 +369,7 @@ impl Header {
 
     /// A keyword as a number, as cfitsio's `ffgkyd` reads it: numbers,
     /// logicals as 1/0, and strings holding a number (see [`c2dd`]).
-    pub fn f64(&self, key: &str) -> Option<f64> {
+    fn f64(&self, key: &str) -> Option<f64> {
         match self.value(key)? {
             Value::Text(s) => c2dd(&s),
             Value::Other(s) => match kind(&s) {
@@ -318,7 +385,7 @@ impl Header {
     /// as 1/0 — except that a string holding an integer is read exactly
     /// (cfitsio reads strings through a double, so 19-digit identifiers
     /// lose their last digits).
-    pub fn i64(&self, key: &str) -> Option<i64> {
+    fn i64(&self, key: &str) -> Option<i64> {
         let truncate = |v: f64| {
             (v.is_finite() && v > i64::MIN as f64 - 1.0 && v < i64::MAX as f64).then_some(v as i64)
         };
@@ -341,14 +408,15 @@ impl Header {
 
     /// A string keyword that may continue over `CONTINUE` cards (cfitsio's
     /// `ffgkls`): each part ending in `&` is joined with the next.
-    pub fn long_text(&self, key: &str) -> Option<String> {
+    fn long_text(&self, key: &str) -> Option<String> {
         let mut i = self.find(key)?;
-        let mut out = match parse_value(value_field(&self.cards[i])?)? {
+        let cards = &self.header().cards;
+        let mut out = match parse_value(value_field(&cards[i])?)? {
             Value::Text(s) => s,
             Value::Other(s) => return Some(s),
         };
         while out.ends_with('&') {
-            let Some(next) = self.cards.get(i + 1) else {
+            let Some(next) = cards.get(i + 1) else {
                 break;
             };
             if keyword(next) != b"CONTINUE" {
@@ -383,6 +451,103 @@ impl Header {
         } else {
             self.count(key)
         }
+    }
+}
+
+/// Keywords `describe` needs without a keyword (as opposed to indexed ones).
+const FIXED: [&[u8]; 13] = [
+    b"BITPIX",
+    b"NAXIS",
+    b"PCOUNT",
+    b"GCOUNT",
+    b"GROUPS",
+    b"XTENSION",
+    b"EXTNAME",
+    b"TFIELDS",
+    b"BSCALE",
+    b"BZERO",
+    b"ZIMAGE",
+    b"ZBITPIX",
+    b"ZNAXIS",
+];
+
+/// Stems of the indexed keywords `describe` needs (`NAXIS1`, `TFORM12`…).
+const STEMS: [&[u8]; 7] = [
+    b"NAXIS", b"ZNAXIS", b"TTYPE", b"TFORM", b"TSCAL", b"TZERO", b"TDIM",
+];
+
+/// The first card of each keyword `describe` needs, found in one pass
+/// over the header (a table has five such keywords a column; looking each
+/// up by name was most of the time to index a file with wide tables).
+/// Other keywords go through the header's own index.
+struct Keys<'a> {
+    header: &'a Header,
+    fixed: [Option<u32>; FIXED.len()],
+    indexed: [Vec<Option<u32>>; STEMS.len()],
+}
+
+impl<'a> Keys<'a> {
+    fn new(header: &'a Header) -> Keys<'a> {
+        let mut keys = Keys {
+            header,
+            fixed: [None; FIXED.len()],
+            indexed: Default::default(),
+        };
+        for (i, card) in header.cards.iter().enumerate() {
+            let k = keyword(card);
+            if let Some(f) = FIXED.iter().position(|f| *f == k) {
+                keys.fixed[f].get_or_insert(i as u32);
+                continue;
+            }
+            for (s, stem) in STEMS.iter().enumerate() {
+                let Some(digits) = k.strip_prefix(*stem) else {
+                    continue;
+                };
+                let Some(n) = index_number(digits) else {
+                    continue;
+                };
+                let slots = &mut keys.indexed[s];
+                if slots.len() < n {
+                    slots.resize(n, None);
+                }
+                slots[n - 1].get_or_insert(i as u32);
+            }
+        }
+        keys
+    }
+}
+
+/// `n` for keyword digits `n` in 1–999 written without a leading zero.
+fn index_number(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() || digits.len() > 3 || digits[0] == b'0' {
+        return None;
+    }
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, d| n * 10 + usize::from(d - b'0')))
+}
+
+impl Lookup for Keys<'_> {
+    fn header(&self) -> &Header {
+        self.header
+    }
+
+    fn find(&self, key: &str) -> Option<usize> {
+        let k = key.as_bytes();
+        if let Some(f) = FIXED.iter().position(|f| *f == k) {
+            return self.fixed[f].map(|i| i as usize);
+        }
+        for (s, stem) in STEMS.iter().enumerate() {
+            if let Some(n) = k.strip_prefix(*stem).and_then(index_number) {
+                return self.indexed[s]
+                    .get(n - 1)
+                    .copied()
+                    .flatten()
+                    .map(|i| i as usize);
+            }
+        }
+        self.header.find(key)
     }
 }
 
@@ -574,6 +739,25 @@ fn equivalent_bitpix(bitpix: i64, scale: f64, zero: f64) -> i64 {
 /// The HDU whose header (cards of `header`) starts at `start` and whose
 /// data start at `data_start`: its data size and description.
 fn describe(n: usize, start: u64, data_start: u64, header: Header) -> Result<Hdu, Fault> {
+    let (desc, forms, direct, data_len) = describe_header(n, start, &header)?;
+    Ok(Hdu {
+        data_start,
+        data_len,
+        header,
+        desc,
+        forms,
+        direct,
+    })
+}
+
+/// What [`describe`] learns from a header: description, column forms,
+/// direct-read layout and data size.
+fn describe_header(
+    n: usize,
+    start: u64,
+    header: &Header,
+) -> Result<(HduDesc, Vec<Form>, Direct, u64), Fault> {
+    let header = &Keys::new(header);
     let bad =
         |field: &str, why: String| fault(n, Some(field), format!("{why} (header at byte {start})"));
     let bitpix = header
@@ -647,6 +831,7 @@ fn describe(n: usize, start: u64, data_start: u64, header: Header) -> Result<Hdu
         ..HduDesc::default()
     };
     let mut forms = Vec::new();
+    let mut direct = Direct::None;
     let table = matches!(
         xtension.as_deref(),
         Some("BINTABLE" | "A3DTABLE" | "3DTABLE" | "TABLE")
@@ -709,6 +894,9 @@ fn describe(n: usize, start: u64, data_start: u64, header: Header) -> Result<Hdu
         }
         desc.table = true;
         desc.rows = naxes.get(1).copied().unwrap_or(0) as usize;
+        if !ascii {
+            direct = direct_table(header, &forms, naxes.first().copied().unwrap_or(0));
+        }
     } else {
         let scale = header.f64("BSCALE").unwrap_or(1.0);
         let zero = header.f64("BZERO").unwrap_or(0.0);
@@ -716,14 +904,47 @@ fn describe(n: usize, start: u64, data_start: u64, header: Header) -> Result<Hdu
         if naxis > 0 {
             desc.shape = naxes.iter().rev().map(|&d| d as usize).collect();
         }
+        let unscaled = header.find("BSCALE").is_none() && header.find("BZERO").is_none()
+            || (scale == 1.0 && zero == 0.0);
+        if unscaled && !groups && pcount == 0 && gcount == 1 {
+            direct = Direct::Image { bitpix };
+        }
     }
-    Ok(Hdu {
-        data_start,
-        data_len,
-        header,
-        desc,
-        forms,
-    })
+    Ok((desc, forms, direct, data_len))
+}
+
+/// The direct-read layout of a binary table with `row_bytes` (`NAXIS1`)
+/// bytes a row: [`Direct::None`] when its columns do not add up to the row.
+/// A column is decoded directly when it is a plain `rB`, `rI`, `rJ`, `rK`,
+/// `rE`, `rD` or `rA` (one string a cell: no `TDIMn`) with no
+/// `TSCALn`/`TZEROn` other than 1 and 0.
+fn direct_table(header: &Keys, forms: &[Form], row_bytes: u64) -> Direct {
+    let mut columns = Vec::with_capacity(forms.len());
+    let mut offset = 0u64;
+    for (c, f) in forms.iter().enumerate() {
+        let Some(bytes) = f.bytes() else {
+            return Direct::None;
+        };
+        let n = c + 1;
+        let scal = header.f64(&format!("TSCAL{n}")).unwrap_or(1.0);
+        let zero = header.f64(&format!("TZERO{n}")).unwrap_or(0.0);
+        // A text column with `TDIMn` holds several strings a cell.
+        let one_string = f.code != b'A' || header.find(&format!("TDIM{n}")).is_none();
+        let ok = f.plain
+            && matches!(f.code, b'B' | b'I' | b'J' | b'K' | b'E' | b'D' | b'A')
+            && one_string
+            && scal == 1.0
+            && zero == 0.0;
+        columns.push((offset, ok));
+        offset = match offset.checked_add(bytes) {
+            Some(o) => o,
+            None => return Direct::None,
+        };
+    }
+    if offset != row_bytes {
+        return Direct::None;
+    }
+    Direct::Table { row_bytes, columns }
 }
 
 #[cfg(test)]
@@ -791,7 +1012,8 @@ mod tests {
             Some(Form {
                 repeat: 3856,
                 code: b'E',
-                var: false
+                var: false,
+                plain: true,
             })
         );
         assert_eq!(Form::binary("D").map(|f| f.repeat), Some(1));

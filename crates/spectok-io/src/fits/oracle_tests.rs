@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use fitsio::sys;
 
+use super::header::Lookup;
 use super::{Fits, HduDesc};
 
 fn fits_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -282,4 +283,121 @@ fn header_index_agrees_with_cfitsio() {
         mismatches.len(),
         mismatches.join("\n")
     );
+}
+
+/// The same values, NaN equal to NaN.
+fn same<T: PartialEq + Copy + std::fmt::Debug>(a: &[T], b: &[T], nan: impl Fn(T) -> bool) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y || (nan(*x) && nan(*y)))
+}
+
+#[test]
+fn direct_reads_equal_cfitsio() {
+    use super::header::Direct;
+    let Some(dir) = crate::testdata::real_data_dir() else {
+        return;
+    };
+    let mut files = Vec::new();
+    fits_files(&dir, &mut files);
+    let (mut direct, mut fallback) = (0, 0);
+    let mut problems = Vec::new();
+    for path in &files {
+        let mut ours = Fits::open(path).unwrap_or_else(|e| panic!("{e}"));
+        if ours.plain.is_none() {
+            continue;
+        }
+        let mut theirs = Fits::open(path).unwrap();
+        theirs.cfitsio_only = true;
+        for i in 0..ours.hdus.len() {
+            let at = format!("{}[{i}]", path.display());
+            match ours.hdus[i].direct.clone() {
+                Direct::Image { bitpix } => {
+                    let n: usize = ours.hdus[i].desc.shape.iter().product();
+                    if n == 0 || ours.hdus[i].desc.shape.is_empty() {
+                        continue;
+                    }
+                    let Some(a) = ours.direct_pixels::<f64>(i, 0, n) else {
+                        problems.push(format!(
+                            "{at}: image not read directly ({:?}, {} bytes of data)",
+                            ours.hdus[i].desc.shape, ours.hdus[i].data_len
+                        ));
+                        continue;
+                    };
+                    let b = theirs.read_pixels::<f64>(i, 0, n).unwrap();
+                    if !same(&a, &b, f64::is_nan) {
+                        problems.push(format!("{at}: image as f64"));
+                    }
+                    let a: Vec<f32> = ours.read_pixels(i, 0, n).unwrap();
+                    let b: Vec<f32> = theirs.read_pixels(i, 0, n).unwrap();
+                    if !same(&a, &b, f32::is_nan) {
+                        problems.push(format!("{at}: image as f32"));
+                    }
+                    if bitpix > 0 {
+                        let a = ours.direct_pixels::<i64>(i, 0, n).expect("direct integers");
+                        let b: Vec<i64> = theirs.read_pixels(i, 0, n).unwrap();
+                        if a != b {
+                            problems.push(format!("{at}: image as i64"));
+                        }
+                    }
+                    direct += 1;
+                }
+                Direct::Table { columns, .. } => {
+                    let rows = ours.hdus[i].desc.rows;
+                    for (c, &(_, ok)) in columns.iter().enumerate() {
+                        let code = ours.hdus[i].forms[c].code;
+                        let name = ours.hdus[i].desc.columns[c].clone();
+                        if !ok {
+                            fallback += 1;
+                            continue;
+                        }
+                        direct += 1;
+                        if code == b'A' {
+                            let a = ours.direct_text(i, c, 0..rows).expect("direct text");
+                            let b = theirs.read_text_cells(i, c, 0..rows).unwrap();
+                            if a != b {
+                                problems.push(format!(
+                                    "{at} {name}: text {:?} vs {:?}",
+                                    &a[..1],
+                                    &b[..1]
+                                ));
+                            }
+                            continue;
+                        }
+                        let a = ours
+                            .direct_cells::<f64>(i, c, 0..rows)
+                            .expect("direct column");
+                        let b = theirs.read_cells::<f64>(i, c, 0..rows).unwrap();
+                        if !same(&a, &b, f64::is_nan) {
+                            problems.push(format!("{at} {name}: column as f64"));
+                        }
+                        let a = ours.read_cells::<f32>(i, c, 0..rows).unwrap();
+                        let b = theirs.read_cells::<f32>(i, c, 0..rows).unwrap();
+                        if !same(&a, &b, f32::is_nan) {
+                            problems.push(format!("{at} {name}: column as f32"));
+                        }
+                        if matches!(code, b'B' | b'I' | b'J' | b'K') {
+                            let a = ours
+                                .direct_cells::<i64>(i, c, 0..rows)
+                                .expect("direct ints");
+                            let b = theirs.read_cells::<i64>(i, c, 0..rows).unwrap();
+                            if a != b {
+                                problems.push(format!("{at} {name}: column as i64"));
+                            }
+                        }
+                        // A part of the rows, as readers stream them.
+                        if rows > 2 {
+                            let a = ours.read_cells::<f64>(i, c, 1..rows - 1).unwrap();
+                            let b = theirs.read_cells::<f64>(i, c, 1..rows - 1).unwrap();
+                            if !same(&a, &b, f64::is_nan) {
+                                problems.push(format!("{at} {name}: rows 1.. as f64"));
+                            }
+                        }
+                    }
+                }
+                Direct::None => fallback += 1,
+            }
+        }
+    }
+    eprintln!("{direct} images and columns read directly and by cfitsio alike; {fallback} left to cfitsio");
+    assert!(direct > 100, "only {direct} direct reads");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -33,7 +33,7 @@
 //! and become `None`.
 
 use crate::fits::{mask_bits, Fits};
-use crate::readers::common::{finish, known};
+use crate::readers::common::{exp10, finish, known};
 use crate::{
     Error, Format, InputUnit, Labels, Medium, Reader, Result, Segment, Source, Spectrum,
     SpectrumIter, Survey,
@@ -103,7 +103,7 @@ fn loglin_wavelength(fits: &mut Fits, hdu: usize, n: usize) -> Result<Vec<f64>> 
         ));
     }
     Ok((0..n)
-        .map(|i| 10f64.powf(crval + cdelt * (i as f64 + 1.0 - crpix)))
+        .map(|i| exp10(crval + cdelt * (i as f64 + 1.0 - crpix)))
         .collect())
 }
 

@@ -22,7 +22,7 @@
 //! (`T` vacuum, `F` air; absent: unknown).
 
 use crate::fits::{mask_bits, Fits};
-use crate::readers::common::{at_hdu, finish, float_mask, known};
+use crate::readers::common::{at_hdu, exp10, finish, float_mask, known};
 use crate::{
     Error, Format, InputUnit, Labels, Location, Medium, Reader, Result, Segment, Source, Spectrum,
     SpectrumIter, Survey,
@@ -433,7 +433,7 @@ impl Reader for LamostMrsReader {
                     hdu: hdu.into(),
                     ..s.source.clone()
                 },
-                wavelength: loglam.iter().map(|&l| 10f64.powf(l)).collect(),
+                wavelength: loglam.iter().map(|&l| exp10(l)).collect(),
                 flux,
                 ivar,
                 mask,

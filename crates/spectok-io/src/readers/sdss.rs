@@ -36,7 +36,7 @@
 //! optical readers too.
 
 use crate::fits::{mask_bits, Fits};
-use crate::readers::common::{at_hdu, finish, float_mask, ivar_from_sigma};
+use crate::readers::common::{at_hdu, exp10, finish, float_mask, ivar_from_sigma};
 use crate::{
     Error, Format, InputUnit, Labels, Location, Medium, Reader, Result, Segment, Source, Spectrum,
     SpectrumIter, Survey,
@@ -254,7 +254,7 @@ impl Reader for SdssSpecReader {
                 ));
             }
         }
-        let wavelength: Vec<f64> = loglam.iter().map(|&l| 10f64.powf(l)).collect();
+        let wavelength: Vec<f64> = loglam.iter().map(|&l| exp10(l)).collect();
         let lsf_sigma = wdisp.map(|w| {
             w.iter()
                 .zip(&wavelength)
@@ -459,7 +459,7 @@ impl Reader for SpSpecReader {
         let loc = Location::file(path).hdu("PRIMARY").row(rows.mask as u64);
         let mask = float_mask(&mask_f, loc.field("mask"))?;
         let wavelength = (0..npix)
-            .map(|i| 10f64.powf(coeff0 + coeff1 * i as f64))
+            .map(|i| exp10(coeff0 + coeff1 * i as f64))
             .collect();
         let medium = match fits.key_bool(0, "VACUUM") {
             Some(false) => Medium::Air,

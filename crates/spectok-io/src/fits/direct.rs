@@ -1,0 +1,215 @@
+//! Reading unscaled big-endian data straight from a plain FITS file at the
+//! offsets of the header index ([`super::header::Direct`]), without
+//! cfitsio: most survey spectra are stored this way (`E`/`D`/`J` table
+//! columns, `BITPIX = -32` images), and cfitsio's open, header parsing and
+//! column-by-column reads were most of the time to read a small file.
+//!
+//! Every read here either returns exactly what cfitsio returns for it (the
+//! test `direct_reads_equal_cfitsio` compares every column and image of the
+//! real survey files) or `None`, and the caller asks cfitsio.
+
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use super::header::Direct;
+use super::{Fits, Value};
+
+/// How a stored value is laid out.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Stored {
+    U8,
+    I16,
+    I32,
+    I64,
+    F32,
+    F64,
+}
+
+impl Stored {
+    fn of_code(code: u8) -> Option<Stored> {
+        Some(match code {
+            b'B' => Stored::U8,
+            b'I' => Stored::I16,
+            b'J' => Stored::I32,
+            b'K' => Stored::I64,
+            b'E' => Stored::F32,
+            b'D' => Stored::F64,
+            _ => return None,
+        })
+    }
+
+    fn of_bitpix(bitpix: i64) -> Option<Stored> {
+        Some(match bitpix {
+            8 => Stored::U8,
+            16 => Stored::I16,
+            32 => Stored::I32,
+            64 => Stored::I64,
+            -32 => Stored::F32,
+            -64 => Stored::F64,
+            _ => return None,
+        })
+    }
+
+    pub(super) fn size(self) -> usize {
+        match self {
+            Stored::U8 => 1,
+            Stored::I16 => 2,
+            Stored::I32 | Stored::F32 => 4,
+            Stored::I64 | Stored::F64 => 8,
+        }
+    }
+
+    /// The value at the start of `b` as an integer (integer types only).
+    pub(super) fn int(self, b: &[u8]) -> Option<i64> {
+        Some(match self {
+            Stored::U8 => i64::from(b[0]),
+            Stored::I16 => i64::from(i16::from_be_bytes([b[0], b[1]])),
+            Stored::I32 => i64::from(i32::from_be_bytes(b[..4].try_into().ok()?)),
+            Stored::I64 => i64::from_be_bytes(b[..8].try_into().ok()?),
+            Stored::F32 | Stored::F64 => return None,
+        })
+    }
+
+    /// The value at the start of `b` as a double (exact for every type
+    /// but 64-bit integers, which round as a C cast does).
+    pub(super) fn float(self, b: &[u8]) -> f64 {
+        match self {
+            Stored::F32 => f64::from(f32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            Stored::F64 => f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            s => s.int(b).unwrap_or(0) as f64,
+        }
+    }
+}
+
+/// Reads `len` bytes at `offset` of `file`; `None` on any I/O error or a
+/// short read.
+fn read_exact_at(file: &std::fs::File, offset: u64, len: usize) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset).ok()?;
+    Some(buf)
+}
+
+impl Fits {
+    /// Bytes of rows `rows` of table HDU `index` (cached: readers take
+    /// several columns of the same rows in turn).
+    fn table_rows(&mut self, index: usize, rows: Range<usize>) -> Option<Arc<[u8]>> {
+        if let Some((i, r, bytes)) = &self.rows_cache {
+            if *i == index && *r == rows {
+                return Some(bytes.clone());
+            }
+        }
+        let hdu = &self.hdus[index];
+        let Direct::Table { row_bytes, .. } = &hdu.direct else {
+            return None;
+        };
+        let start = (rows.start as u64).checked_mul(*row_bytes)?;
+        let len = (rows.len() as u64).checked_mul(*row_bytes)?;
+        if start.checked_add(len)? > hdu.data_len || len > super::MAX_DIRECT_BYTES {
+            return None;
+        }
+        let bytes: Arc<[u8]> =
+            read_exact_at(self.plain.as_ref()?, hdu.data_start + start, len as usize)?.into();
+        self.rows_cache = Some((index, rows, bytes.clone()));
+        Some(bytes)
+    }
+
+    /// Column `col` of rows `rows` of table HDU `index` decoded directly,
+    /// or `None` (cfitsio reads it).
+    pub(super) fn direct_cells<T: Value>(
+        &mut self,
+        index: usize,
+        col: usize,
+        rows: Range<usize>,
+    ) -> Option<Vec<T>> {
+        if self.cfitsio_only {
+            return None;
+        }
+        let hdu = self.hdus.get(index)?;
+        let Direct::Table { row_bytes, columns } = &hdu.direct else {
+            return None;
+        };
+        let (offset, ok) = *columns.get(col)?;
+        let form = hdu.forms[col];
+        let stored = Stored::of_code(form.code)?;
+        if !ok {
+            return None;
+        }
+        let (row_bytes, offset, size) = (*row_bytes as usize, offset as usize, stored.size());
+        let bytes = self.table_rows(index, rows.clone())?;
+        let mut out = Vec::with_capacity(rows.len().checked_mul(form.repeat)?);
+        for row in bytes.chunks_exact(row_bytes.max(1)).take(rows.len()) {
+            let cell = row.get(offset..offset + form.repeat * size)?;
+            for v in cell.chunks_exact(size) {
+                out.push(T::decode(stored, v)?);
+            }
+        }
+        (out.len() == rows.len() * form.repeat).then_some(out)
+    }
+
+    /// Text column `col` of rows `rows` of table HDU `index` (each cell up
+    /// to its first NUL, trailing blanks after the first character removed,
+    /// as cfitsio gives it), or
+    /// `None` (cfitsio reads it).
+    pub(super) fn direct_text(
+        &mut self,
+        index: usize,
+        col: usize,
+        rows: Range<usize>,
+    ) -> Option<Vec<String>> {
+        if self.cfitsio_only {
+            return None;
+        }
+        let hdu = self.hdus.get(index)?;
+        let Direct::Table { row_bytes, columns } = &hdu.direct else {
+            return None;
+        };
+        let (offset, ok) = *columns.get(col)?;
+        let form = hdu.forms[col];
+        if !ok || form.code != b'A' {
+            return None;
+        }
+        let (row_bytes, offset) = (*row_bytes as usize, offset as usize);
+        let bytes = self.table_rows(index, rows.clone())?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in bytes.chunks_exact(row_bytes.max(1)).take(rows.len()) {
+            let cell = row.get(offset..offset + form.repeat)?;
+            let mut end = cell.iter().position(|&b| b == 0).unwrap_or(cell.len());
+            // cfitsio drops trailing blanks but never the first character.
+            while end > 1 && cell[end - 1] == b' ' {
+                end -= 1;
+            }
+            out.push(String::from_utf8_lossy(&cell[..end]).into_owned());
+        }
+        (out.len() == rows.len()).then_some(out)
+    }
+
+    /// `n` pixels of image HDU `index` from pixel `first` decoded
+    /// directly, or `None` (cfitsio reads them).
+    pub(super) fn direct_pixels<T: Value>(
+        &mut self,
+        index: usize,
+        first: usize,
+        n: usize,
+    ) -> Option<Vec<T>> {
+        if self.cfitsio_only {
+            return None;
+        }
+        let hdu = self.hdus.get(index)?;
+        let Direct::Image { bitpix } = hdu.direct else {
+            return None;
+        };
+        let stored = Stored::of_bitpix(bitpix)?;
+        let size = stored.size() as u64;
+        let start = (first as u64).checked_mul(size)?;
+        let len = (n as u64).checked_mul(size)?;
+        if start.checked_add(len)? > hdu.data_len || len > super::MAX_DIRECT_BYTES {
+            return None;
+        }
+        let bytes = read_exact_at(self.plain.as_ref()?, hdu.data_start + start, len as usize)?;
+        bytes
+            .chunks_exact(stored.size())
+            .map(|v| T::decode(stored, v))
+            .collect()
+    }
+}
