@@ -110,7 +110,7 @@ pub struct Fits {
     /// Tests: read everything through cfitsio.
     cfitsio_only: bool,
     /// The table rows last read directly: HDU, rows, bytes.
-    rows_cache: Option<(usize, Range<usize>, std::sync::Arc<[u8]>)>,
+    rows_cache: Option<(usize, Range<usize>, std::sync::Arc<Vec<u8>>)>,
 }
 
 /// A value cfitsio reads into a Rust buffer: its cfitsio datatype code
@@ -243,6 +243,20 @@ impl Fits {
         })
     }
 
+    /// What HDU `index` holds (described on first use).
+    fn described(&self, index: usize) -> Result<&header::Described> {
+        self.entry(index)?
+            .described()
+            .map_err(|f| fault_error(f, &self.path))
+    }
+
+    /// The repeat count of `column` of table HDU `index` (values per
+    /// cell), `None` if the HDU has no such column.
+    pub fn column_repeat(&self, index: usize, column: &str) -> Option<usize> {
+        let d = &self.described(index).ok()?.desc;
+        d.column_index(column).map(|i| d.repeats[i])
+    }
+
     /// Makes HDU `index` cfitsio's current one (for a data read).
     fn move_to(&mut self, index: usize) -> Result<*mut sys::fitsfile> {
         self.entry(index)?;
@@ -261,12 +275,18 @@ impl Fits {
         Ok(fptr)
     }
 
+    /// Every HDU's `EXTNAME` (`PRIMARY` for an unnamed HDU 0, else empty
+    /// when unnamed), without describing any HDU.
+    pub fn hdu_names(&self) -> Vec<String> {
+        self.hdus.iter().map(|h| h.name.clone()).collect()
+    }
+
     /// Index of the HDU whose `EXTNAME` is `name` (case-insensitive).
     pub fn hdu_index(&mut self, name: &str) -> Result<Option<usize>> {
         Ok(self
             .hdus
             .iter()
-            .position(|h| h.desc.name.eq_ignore_ascii_case(name)))
+            .position(|h| h.name.eq_ignore_ascii_case(name)))
     }
 
     /// Like [`Fits::hdu_index`] but an absent HDU is an error naming it.
@@ -277,16 +297,16 @@ impl Fits {
 
     /// Describes HDU `index`.
     pub fn describe(&mut self, index: usize) -> Result<HduDesc> {
-        Ok(self.entry(index)?.desc.clone())
+        Ok(self.desc(index)?.clone())
     }
 
     /// HDU `index`'s description, borrowed.
     fn desc(&self, index: usize) -> Result<&HduDesc> {
-        Ok(&self.entry(index)?.desc)
+        Ok(&self.described(index)?.desc)
     }
 
     pub fn describe_all(&mut self) -> Result<Vec<HduDesc>> {
-        Ok(self.hdus.iter().map(|h| h.desc.clone()).collect())
+        (0..self.hdus.len()).map(|i| self.describe(i)).collect()
     }
 
     /// Header keyword as a number (numbers, logicals as 1/0, strings
@@ -544,7 +564,13 @@ impl Fits {
             return Ok(v);
         }
         let fptr = self.move_to(index).map_err(Fail::Before)?;
-        let form = self.hdus[index].forms[col];
+        let form = self
+            .described(index)
+            .map_err(Fail::Before)?
+            .forms
+            .get(col)
+            .copied()
+            .ok_or(Fail::Status(BAD_ROW))?;
         let repeat = if form.code == b'X' {
             (form.repeat / (std::mem::size_of::<T>() * 8)).max(1)
         } else {
@@ -734,7 +760,8 @@ impl Fits {
             ));
         }
         let fail = |f: Fail| f.at(at(), "cannot read identifier");
-        let first = match self.hdus[index].forms[i].code {
+        let code = self.described(index)?.forms.get(i).map_or(0, |f| f.code);
+        let first = match code {
             b'A' => self
                 .read_text_cells(index, i, row..row + 1)
                 .map_err(fail)?
@@ -801,11 +828,12 @@ impl Fits {
     fn refuse_var_columns(&mut self, index: usize) -> Result<()> {
         let h = self.entry(index)?;
         if h.has_var_columns() {
+            let desc = &self.described(index)?.desc;
             return Err(Error::bad(
                 self.loc(index),
                 format!(
                     "{}: variable-length array columns are not read",
-                    h.desc.summary(index)
+                    desc.summary(index)
                 ),
             ));
         }

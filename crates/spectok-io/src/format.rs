@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fits::Fits;
+use crate::fits::{Fits, HduDesc};
 use crate::spectrum::Survey;
 
 /// A file layout. One reader handles each spectrum-bearing layout; the
@@ -169,21 +169,30 @@ pub fn detect(path: &Path) -> Result<Format> {
 }
 
 fn detect_fits(fits: &mut Fits) -> Result<Format> {
-    let hdus = fits.describe_all()?;
-    let named = |n: &str| hdus.iter().any(|h| h.name.eq_ignore_ascii_case(n));
-    let cols_of = |n: &str| {
-        hdus.iter()
-            .find(|h| h.name.eq_ignore_ascii_case(n))
-            .map(|h| h.columns.clone())
-            .unwrap_or_default()
+    // HDU names come with the index; an HDU is described (its columns,
+    // shape) only when a rule below looks at it.
+    let names = fits.hdu_names();
+    let named = |n: &str| names.iter().any(|h| h.eq_ignore_ascii_case(n));
+    let cols_of = |fits: &mut Fits, n: &str| -> Vec<String> {
+        match names.iter().position(|h| h.eq_ignore_ascii_case(n)) {
+            Some(i) => fits.describe(i).map(|d| d.columns).unwrap_or_default(),
+            None => Vec::new(),
+        }
     };
     let has_col = |cols: &[String], c: &str| cols.iter().any(|x| x.eq_ignore_ascii_case(c));
+    let describe = |fits: &mut Fits, i: usize| -> Result<Option<HduDesc>> {
+        if i < names.len() {
+            fits.describe(i).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
 
     if named("COADD_B") && named("COADD_R") {
         return Ok(Format::LamostMrs);
     }
     if named("COADD") {
-        let cols = cols_of("COADD");
+        let cols = cols_of(fits, "COADD");
         if has_col(&cols, "loglam") {
             return Ok(Format::SdssSpec);
         }
@@ -194,20 +203,22 @@ fn detect_fits(fits: &mut Fits) -> Result<Format> {
     if named("B_FLUX") || named("R_FLUX") || named("Z_FLUX") {
         return Ok(Format::DesiCoadd);
     }
-    if named("REDSHIFTS") && has_col(&cols_of("REDSHIFTS"), "TARGETID") {
+    if named("REDSHIFTS") && has_col(&cols_of(fits, "REDSHIFTS"), "TARGETID") {
         return Ok(Format::DesiRedrock);
     }
     if named("WAVE") && named("FLUX") && named("IVAR") {
         return Ok(Format::MangaDap);
     }
-    if hdus.len() > 2
-        && hdus[1].name.eq_ignore_ascii_case("normalized")
-        && hdus[2].name.eq_ignore_ascii_case("relative_error")
+    if names.len() > 2
+        && names[1].eq_ignore_ascii_case("normalized")
+        && names[2].eq_ignore_ascii_case("relative_error")
     {
         return Ok(Format::GalahCcd);
     }
+    let h1 = describe(fits, 1)?;
+    let h4 = describe(fits, 4)?;
     // Tables in HDU 1 identified by their columns.
-    if let Some(h1) = hdus.get(1) {
+    if let Some(h1) = &h1 {
         if has_col(&h1.columns, "bp_coefficients") || has_col(&h1.columns, "rp_coefficients") {
             return Ok(Format::GaiaXpContinuous);
         }
@@ -216,18 +227,18 @@ fn detect_fits(fits: &mut Fits) -> Result<Format> {
         }
     }
     // APOGEE: aspcapStar has a table with FPARAM in HDU 4.
-    if hdus.get(4).is_some_and(|h| has_col(&h.columns, "FPARAM"))
-        && hdus.get(1).is_some_and(|h| h.shape.len() == 1)
+    if h4.as_ref().is_some_and(|h| has_col(&h.columns, "FPARAM"))
+        && h1.as_ref().is_some_and(|h| h.shape.len() == 1)
     {
         return Ok(Format::ApogeeAspcapStar);
     }
-    if let (Some(h1), Some(h4)) = (hdus.get(1), hdus.get(4)) {
+    if let (Some(h1), Some(h4)) = (&h1, &h4) {
         // apVisit: HDU 4 is a (3 × 4096) double wavelength image, like HDU 1.
         if h1.shape.len() == 2 && h4.shape == h1.shape && h4.bitpix == -64 && h1.shape[0] == 3 {
             return Ok(Format::ApogeeApVisit);
         }
     }
-    if let Some(h1) = hdus.get(1) {
+    if let Some(h1) = &h1 {
         if h1.is_image()
             && fits
                 .key_text(1, "CTYPE1")
@@ -241,7 +252,7 @@ fn detect_fits(fits: &mut Fits) -> Result<Format> {
     }
     // Primary 5 × N images: LAMOST old (TELESCOP; it also carries
     // COEFF0/COEFF1, so it is tested first) or SDSS spSpec (COEFF0/COEFF1).
-    let h0 = &hdus[0];
+    let h0 = fits.describe(0)?;
     if h0.shape.len() == 2 && h0.shape[0] == 5 {
         if fits
             .key_text(0, "TELESCOP")
@@ -253,7 +264,8 @@ fn detect_fits(fits: &mut Fits) -> Result<Format> {
             return Ok(Format::SdssSpSpec);
         }
     }
-    let found = hdus
+    let found = fits
+        .describe_all()?
         .iter()
         .enumerate()
         .map(|(i, h)| h.summary(i))

@@ -93,14 +93,14 @@ fn read_exact_at(file: &std::fs::File, offset: u64, len: usize) -> Option<Vec<u8
 impl Fits {
     /// Bytes of rows `rows` of table HDU `index` (cached: readers take
     /// several columns of the same rows in turn).
-    fn table_rows(&mut self, index: usize, rows: Range<usize>) -> Option<Arc<[u8]>> {
+    fn table_rows(&mut self, index: usize, rows: Range<usize>) -> Option<Arc<Vec<u8>>> {
         if let Some((i, r, bytes)) = &self.rows_cache {
             if *i == index && *r == rows {
                 return Some(bytes.clone());
             }
         }
         let hdu = &self.hdus[index];
-        let Direct::Table { row_bytes, .. } = &hdu.direct else {
+        let Direct::Table { row_bytes, .. } = &hdu.described().ok()?.direct else {
             return None;
         };
         let start = (rows.start as u64).checked_mul(*row_bytes)?;
@@ -108,8 +108,11 @@ impl Fits {
         if start.checked_add(len)? > hdu.data_len || len > super::MAX_DIRECT_BYTES {
             return None;
         }
-        let bytes: Arc<[u8]> =
-            read_exact_at(self.plain.as_ref()?, hdu.data_start + start, len as usize)?.into();
+        let bytes = Arc::new(read_exact_at(
+            self.plain.as_ref()?,
+            hdu.data_start + start,
+            len as usize,
+        )?);
         self.rows_cache = Some((index, rows, bytes.clone()));
         Some(bytes)
     }
@@ -125,7 +128,7 @@ impl Fits {
         if self.cfitsio_only {
             return None;
         }
-        let hdu = self.hdus.get(index)?;
+        let hdu = self.hdus.get(index)?.described().ok()?;
         let Direct::Table { row_bytes, columns } = &hdu.direct else {
             return None;
         };
@@ -160,7 +163,7 @@ impl Fits {
         if self.cfitsio_only {
             return None;
         }
-        let hdu = self.hdus.get(index)?;
+        let hdu = self.hdus.get(index)?.described().ok()?;
         let Direct::Table { row_bytes, columns } = &hdu.direct else {
             return None;
         };
@@ -196,7 +199,7 @@ impl Fits {
             return None;
         }
         let hdu = self.hdus.get(index)?;
-        let Direct::Image { bitpix } = hdu.direct else {
+        let Direct::Image { bitpix } = hdu.described().ok()?.direct else {
             return None;
         };
         let stored = Stored::of_bitpix(bitpix)?;

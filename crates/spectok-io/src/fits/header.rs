@@ -39,11 +39,54 @@ pub(crate) struct Hdu {
     /// Bytes of data (heap included), without the padding to a block.
     pub data_len: u64,
     pub header: Header,
+    /// `EXTNAME`, trimmed (`PRIMARY` for an unnamed HDU 0, else empty).
+    pub name: String,
+    /// HDU number and header offset (for messages).
+    number: usize,
+    start: u64,
+    /// Keyword positions, indexed on first use.
+    keys: OnceCell<KeyIndex>,
+    /// Description, column forms and direct-read layout, worked out on
+    /// first use: detecting a format or reading one table of a file with
+    /// many wide ones describes only the HDUs it looks at.
+    described: OnceCell<Result<Described, Fault>>,
+}
+
+/// What an HDU holds, from its header.
+#[derive(Clone, Debug)]
+pub(crate) struct Described {
     pub desc: HduDesc,
     /// Binary-table column forms (empty for images).
     pub forms: Vec<Form>,
     /// Where spectok can decode the data itself (see [`Direct`]).
     pub direct: Direct,
+}
+
+impl Hdu {
+    /// Offset of the next HDU's header (data padded to a block).
+    pub fn end(&self) -> u64 {
+        self.data_start + self.data_len.div_ceil(BLOCK) * BLOCK
+    }
+
+    /// The HDU's description (worked out on the first call).
+    pub fn described(&self) -> Result<&Described, Fault> {
+        self.described
+            .get_or_init(|| {
+                let keys = Keys {
+                    header: &self.header,
+                    index: self.keys.get_or_init(|| KeyIndex::scan(&self.header)),
+                };
+                describe_header(self.number, self.start, &keys)
+            })
+            .as_ref()
+            .map_err(Fault::clone)
+    }
+
+    /// Whether a table column is a variable-length array (`TFORMn = 'PD(55)'`).
+    pub fn has_var_columns(&self) -> bool {
+        self.described()
+            .is_ok_and(|d| d.forms.iter().any(|f| f.var))
+    }
 }
 
 /// Data spectok reads without cfitsio: big-endian values at known
@@ -62,18 +105,6 @@ pub(crate) enum Direct {
     },
     #[default]
     None,
-}
-
-impl Hdu {
-    /// Offset of the next HDU's header (data padded to a block).
-    pub fn end(&self) -> u64 {
-        self.data_start + self.data_len.div_ceil(BLOCK) * BLOCK
-    }
-
-    /// Whether a table column is a variable-length array (`TFORMn = 'PD(55)'`).
-    pub fn has_var_columns(&self) -> bool {
-        self.forms.iter().any(|f| f.var)
-    }
 }
 
 /// A table column's `TFORMn`: repeat count, type code and whether it is a
@@ -480,19 +511,15 @@ const STEMS: [&[u8]; 7] = [
 /// over the header (a table has five such keywords a column; looking each
 /// up by name was most of the time to index a file with wide tables).
 /// Other keywords go through the header's own index.
-struct Keys<'a> {
-    header: &'a Header,
+#[derive(Clone, Debug, Default)]
+struct KeyIndex {
     fixed: [Option<u32>; FIXED.len()],
     indexed: [Vec<Option<u32>>; STEMS.len()],
 }
 
-impl<'a> Keys<'a> {
-    fn new(header: &'a Header) -> Keys<'a> {
-        let mut keys = Keys {
-            header,
-            fixed: [None; FIXED.len()],
-            indexed: Default::default(),
-        };
+impl KeyIndex {
+    fn scan(header: &Header) -> KeyIndex {
+        let mut keys = KeyIndex::default();
         for (i, card) in header.cards.iter().enumerate() {
             let k = keyword(card);
             if let Some(f) = FIXED.iter().position(|f| *f == k) {
@@ -517,6 +544,12 @@ impl<'a> Keys<'a> {
     }
 }
 
+/// A header with its [`KeyIndex`].
+struct Keys<'a> {
+    header: &'a Header,
+    index: &'a KeyIndex,
+}
+
 /// `n` for keyword digits `n` in 1–999 written without a leading zero.
 fn index_number(digits: &[u8]) -> Option<usize> {
     if digits.is_empty() || digits.len() > 3 || digits[0] == b'0' {
@@ -536,11 +569,11 @@ impl Lookup for Keys<'_> {
     fn find(&self, key: &str) -> Option<usize> {
         let k = key.as_bytes();
         if let Some(f) = FIXED.iter().position(|f| *f == k) {
-            return self.fixed[f].map(|i| i as usize);
+            return self.index.fixed[f].map(|i| i as usize);
         }
         for (s, stem) in STEMS.iter().enumerate() {
             if let Some(n) = k.strip_prefix(*stem).and_then(index_number) {
-                return self.indexed[s]
+                return self.index.indexed[s]
                     .get(n - 1)
                     .copied()
                     .flatten()
@@ -552,7 +585,7 @@ impl Lookup for Keys<'_> {
 }
 
 /// Why the index could not be built: the keyword (field) and the message.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Fault {
     /// HDU number.
     pub hdu: usize,
@@ -739,25 +772,137 @@ fn equivalent_bitpix(bitpix: i64, scale: f64, zero: f64) -> i64 {
 /// The HDU whose header (cards of `header`) starts at `start` and whose
 /// data start at `data_start`: its data size and description.
 fn describe(n: usize, start: u64, data_start: u64, header: Header) -> Result<Hdu, Fault> {
-    let (desc, forms, direct, data_len) = describe_header(n, start, &header)?;
+    let keys = OnceCell::new();
+    let size = match Positional::of(&header, n) {
+        Some(p) => data_size(n, start, &p)?,
+        None => {
+            let view = Keys {
+                header: &header,
+                index: keys.get_or_init(|| KeyIndex::scan(&header)),
+            };
+            data_size(n, start, &view)?
+        }
+    };
+    let name = extname(n, &First(&header));
     Ok(Hdu {
         data_start,
-        data_len,
+        data_len: size.data_len,
         header,
-        desc,
-        forms,
-        direct,
+        name,
+        number: n,
+        start,
+        keys,
+        described: OnceCell::new(),
     })
 }
 
-/// What [`describe`] learns from a header: description, column forms,
-/// direct-read layout and data size.
-fn describe_header(
-    n: usize,
-    start: u64,
-    header: &Header,
-) -> Result<(HduDesc, Vec<Form>, Direct, u64), Fault> {
-    let header = &Keys::new(header);
+/// The keywords that size the data at their standard places (FITS 4.0
+/// §4.4.1: `BITPIX`, `NAXIS`, `NAXISn`, then `PCOUNT` and `GCOUNT` in an
+/// extension), where they are the first cards of their names, so reading
+/// them there equals looking them up — without indexing every card of
+/// headers that nothing else is read from.
+struct Positional<'a> {
+    header: &'a Header,
+    naxis: usize,
+    extension: bool,
+}
+
+impl<'a> Positional<'a> {
+    /// `None` when the header does not follow the standard order, or for
+    /// a primary HDU that may hold random groups (`NAXIS1 = 0`).
+    fn of(header: &'a Header, n: usize) -> Option<Positional<'a>> {
+        let key = |i: usize| header.cards.get(i).map(keyword);
+        if key(1) != Some(b"BITPIX") || key(2) != Some(b"NAXIS") {
+            return None;
+        }
+        let naxis = match header.value_at(2)? {
+            Value::Other(s) => s.parse::<usize>().ok().filter(|&a| a <= 999)?,
+            Value::Text(_) => return None,
+        };
+        for i in 1..=naxis {
+            let k = key(2 + i)?;
+            if k.strip_prefix(b"NAXIS").and_then(index_number) != Some(i) {
+                return None;
+            }
+        }
+        let extension = n > 0;
+        if extension && (key(3 + naxis) != Some(b"PCOUNT") || key(4 + naxis) != Some(b"GCOUNT")) {
+            return None;
+        }
+        if !extension && naxis > 0 {
+            if let Some(Value::Other(s)) = header.value_at(3) {
+                if s.trim_start_matches('+').parse::<u64>() == Ok(0) {
+                    return None;
+                }
+            }
+        }
+        Some(Positional {
+            header,
+            naxis,
+            extension,
+        })
+    }
+}
+
+impl Lookup for Positional<'_> {
+    fn header(&self) -> &Header {
+        self.header
+    }
+
+    fn find(&self, key: &str) -> Option<usize> {
+        let k = key.as_bytes();
+        match k {
+            b"BITPIX" => Some(1),
+            b"NAXIS" => Some(2),
+            b"PCOUNT" if self.extension => Some(3 + self.naxis),
+            b"GCOUNT" if self.extension => Some(4 + self.naxis),
+            _ => k
+                .strip_prefix(b"NAXIS")
+                .and_then(index_number)
+                .filter(|&i| i <= self.naxis)
+                .map(|i| 2 + i),
+        }
+    }
+}
+
+/// Lookups by a plain scan for the first card of a name (one keyword
+/// read from a header, e.g. `EXTNAME` while indexing).
+struct First<'a>(&'a Header);
+
+impl Lookup for First<'_> {
+    fn header(&self) -> &Header {
+        self.0
+    }
+
+    fn find(&self, key: &str) -> Option<usize> {
+        self.0
+            .cards
+            .iter()
+            .position(|c| keyword(c) == key.as_bytes())
+    }
+}
+
+/// `EXTNAME`, trimmed; `PRIMARY` for an unnamed HDU 0.
+fn extname(n: usize, header: &impl Lookup) -> String {
+    match header.text("EXTNAME") {
+        Some(s) => s.trim().to_string(),
+        None if n == 0 => "PRIMARY".into(),
+        None => String::new(),
+    }
+}
+
+/// The keywords that size an HDU's data.
+struct Size {
+    bitpix: i64,
+    naxes: Vec<u64>,
+    pcount: u64,
+    gcount: u64,
+    groups: bool,
+    data_len: u64,
+}
+
+/// The size of HDU `n`'s data from its header (at byte `start`).
+fn data_size(n: usize, start: u64, header: &impl Lookup) -> Result<Size, Fault> {
     let bad =
         |field: &str, why: String| fault(n, Some(field), format!("{why} (header at byte {start})"));
     let bitpix = header
@@ -779,16 +924,6 @@ fn describe_header(
         let key = format!("NAXIS{i}");
         naxes.push(header.count(&key).map_err(|e| bad(&key, e))?);
     }
-    let xtension = if n == 0 {
-        None
-    } else {
-        Some(
-            header
-                .text("XTENSION")
-                .unwrap_or_default()
-                .to_ascii_uppercase(),
-        )
-    };
     let (pcount, gcount) = if n == 0 {
         (0, 1)
     } else {
@@ -817,17 +952,42 @@ fn describe_header(
         .and_then(|e| e.checked_mul(bitpix.unsigned_abs() / 8))
         .filter(|&b| b < u64::MAX / 2)
         .ok_or_else(overflow)?;
+    Ok(Size {
+        bitpix,
+        naxes,
+        pcount,
+        gcount,
+        groups,
+        data_len,
+    })
+}
 
-    let name = header.text("EXTNAME").map(|s| s.trim().to_string());
-    let name = name.unwrap_or_else(|| {
-        if n == 0 {
-            "PRIMARY".into()
-        } else {
-            String::new()
-        }
-    });
+/// What HDU `n` (header at byte `start`) holds: description, column
+/// forms, direct-read layout.
+fn describe_header(n: usize, start: u64, header: &Keys) -> Result<Described, Fault> {
+    let bad =
+        |field: &str, why: String| fault(n, Some(field), format!("{why} (header at byte {start})"));
+    let Size {
+        bitpix,
+        naxes,
+        pcount,
+        gcount,
+        groups,
+        ..
+    } = data_size(n, start, header)?;
+    let naxis = naxes.len() as u64;
+    let xtension = if n == 0 {
+        None
+    } else {
+        Some(
+            header
+                .text("XTENSION")
+                .unwrap_or_default()
+                .to_ascii_uppercase(),
+        )
+    };
     let mut desc = HduDesc {
-        name,
+        name: extname(n, header),
         ..HduDesc::default()
     };
     let mut forms = Vec::new();
@@ -910,7 +1070,11 @@ fn describe_header(
             direct = Direct::Image { bitpix };
         }
     }
-    Ok((desc, forms, direct, data_len))
+    Ok(Described {
+        desc,
+        forms,
+        direct,
+    })
 }
 
 /// The direct-read layout of a binary table with `row_bytes` (`NAXIS1`)
@@ -1080,18 +1244,18 @@ mod tests {
         };
         let hdus = walk(&bytes).unwrap();
         assert_eq!(hdus.len(), 2);
-        assert_eq!(hdus[0].desc.shape, vec![3, 10]);
-        assert_eq!(hdus[0].desc.bitpix, -32);
+        assert_eq!(hdus[0].described().unwrap().desc.shape, vec![3, 10]);
+        assert_eq!(hdus[0].described().unwrap().desc.bitpix, -32);
         assert_eq!(hdus[0].data_len, 120);
         assert_eq!(hdus[0].end(), 5760);
         assert_eq!(hdus[1].data_start, 8640);
-        assert_eq!(hdus[1].desc.name, "COADD");
+        assert_eq!(hdus[1].described().unwrap().desc.name, "COADD");
         assert_eq!(
-            hdus[1].desc.columns,
+            hdus[1].described().unwrap().desc.columns,
             vec!["flux".to_string(), String::new()]
         );
-        assert_eq!(hdus[1].desc.repeats, vec![2, 4]);
-        assert_eq!(hdus[1].desc.rows, 2);
+        assert_eq!(hdus[1].described().unwrap().desc.repeats, vec![2, 4]);
+        assert_eq!(hdus[1].described().unwrap().desc.rows, 2);
         // Data cut short (the padding may be missing, the data may not).
         let cut = &bytes[..bytes.len() - 1];
         let e = walk(&cut[..cut.len() / 80 * 80]).err().unwrap();

@@ -224,7 +224,7 @@ fn header_index_agrees_with_cfitsio() {
                 "{at}: offsets"
             );
             let theirs = cf.describe(i);
-            let d = &h.desc;
+            let d = &h.described().unwrap().desc;
             assert_eq!(
                 (&d.name, &d.shape, d.bitpix, &d.columns, &d.repeats, d.rows, d.table),
                 (
@@ -309,16 +309,17 @@ fn direct_reads_equal_cfitsio() {
         theirs.cfitsio_only = true;
         for i in 0..ours.hdus.len() {
             let at = format!("{}[{i}]", path.display());
-            match ours.hdus[i].direct.clone() {
+            let described = ours.hdus[i].described().unwrap().clone();
+            match described.direct.clone() {
                 Direct::Image { bitpix } => {
-                    let n: usize = ours.hdus[i].desc.shape.iter().product();
-                    if n == 0 || ours.hdus[i].desc.shape.is_empty() {
+                    let n: usize = described.desc.shape.iter().product();
+                    if n == 0 || described.desc.shape.is_empty() {
                         continue;
                     }
                     let Some(a) = ours.direct_pixels::<f64>(i, 0, n) else {
                         problems.push(format!(
                             "{at}: image not read directly ({:?}, {} bytes of data)",
-                            ours.hdus[i].desc.shape, ours.hdus[i].data_len
+                            described.desc.shape, ours.hdus[i].data_len
                         ));
                         continue;
                     };
@@ -341,10 +342,10 @@ fn direct_reads_equal_cfitsio() {
                     direct += 1;
                 }
                 Direct::Table { columns, .. } => {
-                    let rows = ours.hdus[i].desc.rows;
+                    let rows = described.desc.rows;
                     for (c, &(_, ok)) in columns.iter().enumerate() {
-                        let code = ours.hdus[i].forms[c].code;
-                        let name = ours.hdus[i].desc.columns[c].clone();
+                        let code = described.forms[c].code;
+                        let name = described.desc.columns[c].clone();
                         if !ok {
                             fallback += 1;
                             continue;

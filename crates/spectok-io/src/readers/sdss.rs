@@ -113,10 +113,8 @@ fn spec_layout(fits: &mut Fits) -> Result<SpecLayout> {
 /// Value of scalar column `col` in row 0 of table `hdu`, `None` if the
 /// column is absent, not scalar or not finite.
 fn cell_f64(fits: &mut Fits, hdu: usize, name: &str, col: &str) -> Result<Option<f64>> {
-    let d = fits.describe(hdu)?;
-    match d.column_index(col) {
-        Some(i) if d.repeats[i] == 1 => {}
-        _ => return Ok(None),
+    if fits.column_repeat(hdu, col) != Some(1) {
+        return Ok(None);
     }
     let v = fits
         .read_col_range_f64(hdu, col, 0..1)
