@@ -140,6 +140,7 @@ impl Value for f32 {
         let v = stored.float(bytes);
         match stored {
             Stored::I64 => stored.int(bytes).map(|i| i as f32),
+            Stored::U16 | Stored::U32 | Stored::U64 => Some(v as f32),
             Stored::F64 if v.is_finite() && v.abs() > f64::from(f32::MAX) => None,
             _ => Some(v as f32),
         }
@@ -160,8 +161,8 @@ impl Value for i64 {
 
 impl Value for u64 {
     const CODE: c_int = sys::TULONGLONG as c_int;
-    fn decode(_: Stored, _: &[u8]) -> Option<Self> {
-        None
+    fn decode(stored: Stored, bytes: &[u8]) -> Option<Self> {
+        stored.unsigned(bytes)
     }
 }
 
@@ -255,6 +256,16 @@ impl Fits {
     pub fn column_repeat(&self, index: usize, column: &str) -> Option<usize> {
         let d = &self.described(index).ok()?.desc;
         d.column_index(column).map(|i| d.repeats[i])
+    }
+
+    /// Whether column `col` of table HDU `index` holds unsigned integers
+    /// stored with the standard offset.
+    fn unsigned_column(&self, index: usize, col: usize) -> bool {
+        let Ok(d) = self.described(index) else {
+            return false;
+        };
+        matches!(&d.direct, header::Direct::Table { columns, .. }
+            if columns.get(col).is_some_and(|c| c.unsigned))
     }
 
     /// Makes HDU `index` cfitsio's current one (for a data read).
@@ -770,6 +781,17 @@ impl Fits {
                 .map(|s| s.trim().to_string()),
             // Integers: signed, or unsigned 64-bit (`TZERO` = 2^63) when
             // they overflow an i64.
+            // Unsigned 64-bit identifiers (SDSS `SPECOBJID`) directly.
+            b'B' | b'I' | b'J' | b'K' if self.unsigned_column(index, i) => {
+                match self.direct_cells::<u64>(index, i, row..row + 1) {
+                    Some(v) => v.first().map(|x| x.to_string()),
+                    None => self
+                        .read_cells::<u64>(index, i, row..row + 1)
+                        .map_err(fail)?
+                        .first()
+                        .map(|x| x.to_string()),
+                }
+            }
             b'B' | b'I' | b'J' | b'K' => match self.read_cells::<i64>(index, i, row..row + 1) {
                 Ok(v) => v.first().map(|x| x.to_string()),
                 Err(_) => self

@@ -24,17 +24,25 @@ pub(super) enum Stored {
     I64,
     F32,
     F64,
+    /// Unsigned integers stored with the standard offset (`TZEROn` 2¹⁵,
+    /// 2³¹, 2⁶³): the sign bit flipped.
+    U16,
+    U32,
+    U64,
 }
 
 impl Stored {
-    fn of_code(code: u8) -> Option<Stored> {
-        Some(match code {
-            b'B' => Stored::U8,
-            b'I' => Stored::I16,
-            b'J' => Stored::I32,
-            b'K' => Stored::I64,
-            b'E' => Stored::F32,
-            b'D' => Stored::F64,
+    fn of_code(code: u8, unsigned: bool) -> Option<Stored> {
+        Some(match (code, unsigned) {
+            (b'B', false) => Stored::U8,
+            (b'I', false) => Stored::I16,
+            (b'J', false) => Stored::I32,
+            (b'K', false) => Stored::I64,
+            (b'E', false) => Stored::F32,
+            (b'D', false) => Stored::F64,
+            (b'I', true) => Stored::U16,
+            (b'J', true) => Stored::U32,
+            (b'K', true) => Stored::U64,
             _ => return None,
         })
     }
@@ -54,29 +62,47 @@ impl Stored {
     pub(super) fn size(self) -> usize {
         match self {
             Stored::U8 => 1,
-            Stored::I16 => 2,
-            Stored::I32 | Stored::F32 => 4,
-            Stored::I64 | Stored::F64 => 8,
+            Stored::I16 | Stored::U16 => 2,
+            Stored::I32 | Stored::F32 | Stored::U32 => 4,
+            Stored::I64 | Stored::F64 | Stored::U64 => 8,
         }
     }
 
-    /// The value at the start of `b` as an integer (integer types only).
+    /// The value at the start of `b` as an i64 (integer types only; an
+    /// unsigned 64-bit value above `i64::MAX` is `None`, where cfitsio
+    /// reports an overflow).
     pub(super) fn int(self, b: &[u8]) -> Option<i64> {
         Some(match self {
             Stored::U8 => i64::from(b[0]),
             Stored::I16 => i64::from(i16::from_be_bytes([b[0], b[1]])),
             Stored::I32 => i64::from(i32::from_be_bytes(b[..4].try_into().ok()?)),
             Stored::I64 => i64::from_be_bytes(b[..8].try_into().ok()?),
+            Stored::U16 => i64::from(u16::from_be_bytes([b[0], b[1]]) ^ 0x8000),
+            Stored::U32 => i64::from(u32::from_be_bytes(b[..4].try_into().ok()?) ^ 0x8000_0000),
+            Stored::U64 => i64::try_from(self.unsigned(b)?).ok()?,
             Stored::F32 | Stored::F64 => return None,
         })
     }
 
-    /// The value at the start of `b` as a double (exact for every type
-    /// but 64-bit integers, which round as a C cast does).
+    /// The value at the start of `b` as a u64 (non-negative integers).
+    pub(super) fn unsigned(self, b: &[u8]) -> Option<u64> {
+        match self {
+            Stored::U64 => Some(u64::from_be_bytes(b[..8].try_into().ok()?) ^ (1 << 63)),
+            Stored::F32 | Stored::F64 => None,
+            s => u64::try_from(s.int(b)?).ok(),
+        }
+    }
+
+    /// The value at the start of `b` as a double, as cfitsio computes it
+    /// (an unsigned 64-bit value as `raw + 2⁶³` in double precision).
     pub(super) fn float(self, b: &[u8]) -> f64 {
         match self {
             Stored::F32 => f64::from(f32::from_be_bytes([b[0], b[1], b[2], b[3]])),
             Stored::F64 => f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            Stored::U64 => {
+                let raw = i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+                raw as f64 + 9223372036854775808.0
+            }
             s => s.int(b).unwrap_or(0) as f64,
         }
     }
@@ -132,12 +158,13 @@ impl Fits {
         let Direct::Table { row_bytes, columns } = &hdu.direct else {
             return None;
         };
-        let (offset, ok) = *columns.get(col)?;
+        let column = *columns.get(col)?;
         let form = hdu.forms[col];
-        let stored = Stored::of_code(form.code)?;
-        if !ok {
+        let stored = Stored::of_code(form.code, column.unsigned)?;
+        if !column.direct {
             return None;
         }
+        let offset = column.offset;
         let (row_bytes, offset, size) = (*row_bytes as usize, offset as usize, stored.size());
         let bytes = self.table_rows(index, rows.clone())?;
         let mut out = Vec::with_capacity(rows.len().checked_mul(form.repeat)?);
@@ -167,11 +194,12 @@ impl Fits {
         let Direct::Table { row_bytes, columns } = &hdu.direct else {
             return None;
         };
-        let (offset, ok) = *columns.get(col)?;
+        let column = *columns.get(col)?;
         let form = hdu.forms[col];
-        if !ok || form.code != b'A' {
+        if !column.direct || form.code != b'A' {
             return None;
         }
+        let offset = column.offset;
         let (row_bytes, offset) = (*row_bytes as usize, offset as usize);
         let bytes = self.table_rows(index, rows.clone())?;
         let mut out = Vec::with_capacity(rows.len());
@@ -210,9 +238,10 @@ impl Fits {
             return None;
         }
         let bytes = read_exact_at(self.plain.as_ref()?, hdu.data_start + start, len as usize)?;
-        bytes
-            .chunks_exact(stored.size())
-            .map(|v| T::decode(stored, v))
-            .collect()
+        let mut out = Vec::with_capacity(n);
+        for v in bytes.chunks_exact(stored.size()) {
+            out.push(T::decode(stored, v)?);
+        }
+        Some(out)
     }
 }

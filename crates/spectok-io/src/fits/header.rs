@@ -101,10 +101,22 @@ pub(crate) enum Direct {
     /// offset in the row and whether it can be decoded directly.
     Table {
         row_bytes: u64,
-        columns: Vec<(u64, bool)>,
+        columns: Vec<Column>,
     },
     #[default]
     None,
+}
+
+/// A binary-table column as [`Direct`] reads it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Column {
+    /// Byte offset in the row.
+    pub offset: u64,
+    /// Whether it can be decoded directly.
+    pub direct: bool,
+    /// An unsigned integer stored with the standard offset (`TZEROn` of
+    /// 2¹⁵, 2³¹ or 2⁶³ on an `I`, `J` or `K` column).
+    pub unsigned: bool,
 }
 
 /// A table column's `TFORMn`: repeat count, type code and whether it is a
@@ -1081,7 +1093,8 @@ fn describe_header(n: usize, start: u64, header: &Keys) -> Result<Described, Fau
 /// bytes a row: [`Direct::None`] when its columns do not add up to the row.
 /// A column is decoded directly when it is a plain `rB`, `rI`, `rJ`, `rK`,
 /// `rE`, `rD` or `rA` (one string a cell: no `TDIMn`) with no
-/// `TSCALn`/`TZEROn` other than 1 and 0.
+/// `TSCALn`/`TZEROn` other than 1 and 0 — or the standard offsets of
+/// unsigned integers.
 fn direct_table(header: &Keys, forms: &[Form], row_bytes: u64) -> Direct {
     let mut columns = Vec::with_capacity(forms.len());
     let mut offset = 0u64;
@@ -1094,12 +1107,23 @@ fn direct_table(header: &Keys, forms: &[Form], row_bytes: u64) -> Direct {
         let zero = header.f64(&format!("TZERO{n}")).unwrap_or(0.0);
         // A text column with `TDIMn` holds several strings a cell.
         let one_string = f.code != b'A' || header.find(&format!("TDIM{n}")).is_none();
-        let ok = f.plain
+        let unsigned = scal == 1.0
+            && match f.code {
+                b'I' => zero == 32768.0,
+                b'J' => zero == 2147483648.0,
+                b'K' => zero == 9223372036854775808.0,
+                _ => false,
+            };
+        let direct = f.plain
             && matches!(f.code, b'B' | b'I' | b'J' | b'K' | b'E' | b'D' | b'A')
             && one_string
             && scal == 1.0
-            && zero == 0.0;
-        columns.push((offset, ok));
+            && (zero == 0.0 || unsigned);
+        columns.push(Column {
+            offset,
+            direct,
+            unsigned,
+        });
         offset = match offset.checked_add(bytes) {
             Some(o) => o,
             None => return Direct::None,

@@ -33,7 +33,7 @@
 //! and become `None`.
 
 use crate::fits::{mask_bits, Fits};
-use crate::readers::common::{exp10, finish, known};
+use crate::readers::common::{finish, known, loglin_grid};
 use crate::{
     Error, Format, InputUnit, Labels, Medium, Reader, Result, Segment, Source, Spectrum,
     SpectrumIter, Survey,
@@ -102,9 +102,7 @@ fn loglin_wavelength(fits: &mut Fits, hdu: usize, n: usize) -> Result<Vec<f64>> 
             format!("CDELT1 = {cdelt}, CRPIX1 = {crpix}: not an increasing grid"),
         ));
     }
-    Ok((0..n)
-        .map(|i| exp10(crval + cdelt * (i as f64 + 1.0 - crpix)))
-        .collect())
+    Ok(loglin_grid(crval, cdelt, 1.0 - crpix, n))
 }
 
 /// Adds header keyword `key` of HDU `hdu` to `labels.extra[name]` if it

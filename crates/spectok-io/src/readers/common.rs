@@ -133,8 +133,44 @@ pub(crate) fn exp10(x: f64) -> f64 {
     (x * std::f64::consts::LN_10).exp()
 }
 
+/// Pixels to extend a log-linear grid by multiplication between exact
+/// points.
+const GRID_STRIDE: usize = 32;
+
+/// The log-linear grid `10^(a + b·(i + offset))` for `i` in `0..n`: exact
+/// ([`exp10`]) every [`GRID_STRIDE`] pixels and extended by the ratio
+/// `10^b` in between, within 1e-14 relative of computing each pixel
+/// (a third of the time: `exp` per pixel was most of reading an APOGEE
+/// file).
+pub(crate) fn loglin_grid(a: f64, b: f64, offset: f64, n: usize) -> Vec<f64> {
+    let ratio = exp10(b);
+    let mut out = Vec::with_capacity(n);
+    let mut w = 0.0;
+    for i in 0..n {
+        w = if i % GRID_STRIDE == 0 {
+            exp10(a + b * (i as f64 + offset))
+        } else {
+            w * ratio
+        };
+        out.push(w);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn loglin_grid_agrees_with_each_pixel_computed() {
+        // APOGEE's grid and SDSS spSpec's.
+        for (a, b, offset, n) in [(4.179, 6e-6, 0.0, 8575), (3.5797, 1e-4, -1.0, 3900)] {
+            let grid = super::loglin_grid(a, b, offset, n);
+            for (i, w) in grid.iter().enumerate() {
+                let exact = 10f64.powf(a + b * (i as f64 + offset));
+                assert!(((w - exact) / exact).abs() < 1e-14, "{i}: {w} vs {exact}");
+            }
+        }
+    }
+
     #[test]
     fn exp10_agrees_with_powf() {
         for i in 0..200_000 {

@@ -36,7 +36,7 @@
 //! optical readers too.
 
 use crate::fits::{mask_bits, Fits};
-use crate::readers::common::{at_hdu, exp10, finish, float_mask, ivar_from_sigma};
+use crate::readers::common::{at_hdu, exp10, finish, float_mask, ivar_from_sigma, loglin_grid};
 use crate::{
     Error, Format, InputUnit, Labels, Location, Medium, Reader, Result, Segment, Source, Spectrum,
     SpectrumIter, Survey,
@@ -456,9 +456,7 @@ impl Reader for SpSpecReader {
         let mask_f = fits.read_image_row_f32(0, rows.mask, "mask").map_err(at)?;
         let loc = Location::file(path).hdu("PRIMARY").row(rows.mask as u64);
         let mask = float_mask(&mask_f, loc.field("mask"))?;
-        let wavelength = (0..npix)
-            .map(|i| exp10(coeff0 + coeff1 * i as f64))
-            .collect();
+        let wavelength = loglin_grid(coeff0, coeff1, 0.0, npix);
         let medium = match fits.key_bool(0, "VACUUM") {
             Some(false) => Medium::Air,
             _ => Medium::Vacuum,
