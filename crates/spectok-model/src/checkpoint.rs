@@ -2,8 +2,9 @@
 //! `model.safetensors` (the weights, named like the module tree) and
 //! `config.json` (the [`Config`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::init::NormalOrUniform;
@@ -199,5 +200,98 @@ impl Tokenizer {
             }
         }
         Ok((model, varmap))
+    }
+
+    /// Loads a model saved by [`Tokenizer::save`] for inference: built
+    /// straight on the file's tensors (converted to `dtype`), with no
+    /// random initialisation first (which was ~10 % of embedding a few
+    /// files). The weights are plain tensors, not variables: candle then
+    /// records no operation for backpropagation, so each activation of a
+    /// forward pass is freed as soon as it is used (with variables, all of
+    /// them stay alive until the output is dropped — gigabytes for long
+    /// spectra). The same checks as [`Tokenizer::load`]: every weight
+    /// present with its shape, no other tensor.
+    pub fn load_frozen(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let config = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&config).map_err(|e| Error::checkpoint(&config, e))?;
+        let cfg = Config::from_json(&text).map_err(|e| Error::checkpoint(&config, e))?;
+        let weights = dir.join(WEIGHTS_FILE);
+        let tensors = candle_core::safetensors::load(&weights, device)
+            .map_err(|e| Error::checkpoint(&weights, e))?;
+        let checked = Arc::new(Checked {
+            tensors,
+            used: Mutex::new(HashSet::new()),
+        });
+        let backend: Box<dyn SimpleBackend> = Box::new(Shared(checked.clone()));
+        let vb = VarBuilder::from_backend(backend, dtype, device.clone());
+        let model = Tokenizer::new(&cfg, vb).map_err(|e| Error::checkpoint(&weights, e))?;
+        let used = checked.used.lock().unwrap_or_else(|p| p.into_inner());
+        let mut extra: Vec<&String> = checked
+            .tensors
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .collect();
+        extra.sort();
+        if let Some(name) = extra.first() {
+            return Err(Error::checkpoint(
+                &weights,
+                format!("unexpected tensor `{name}` (not part of this config's model)"),
+            ));
+        }
+        Ok(model)
+    }
+}
+
+/// A checkpoint's tensors handed to a model as it is built: each checked
+/// (present, of the shape the config needs) and recorded as used.
+struct Checked {
+    tensors: HashMap<String, Tensor>,
+    used: Mutex<HashSet<String>>,
+}
+
+impl Checked {
+    fn take(&self, name: &str, shape: Option<&Shape>, dtype: DType) -> candle_core::Result<Tensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor `{name}`")))?;
+        if let Some(shape) = shape {
+            if t.shape() != shape {
+                return Err(candle_core::Error::Msg(format!(
+                    "tensor `{name}` has shape {:?}, the config needs {:?}",
+                    t.dims(),
+                    shape.dims()
+                )));
+            }
+        }
+        self.used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string());
+        t.to_dtype(dtype)
+    }
+}
+
+/// [`Checked`] shared between the builder and the loader.
+struct Shared(Arc<Checked>);
+
+impl SimpleBackend for Shared {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        _: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0.take(name, Some(&s), dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, _: &Device) -> candle_core::Result<Tensor> {
+        self.0.take(name, None, dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.tensors.contains_key(name)
     }
 }

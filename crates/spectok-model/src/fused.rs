@@ -101,10 +101,14 @@ struct Softmax;
 
 /// Replaces the logits of one row by their softmax.
 fn softmax_in_place(row: &mut [f32]) {
+    /// Below this, `exp` is under 2e-35 of the largest term (and libm's
+    /// `expf` takes its slow underflow path for masked keys' logits).
+    const NEGLIGIBLE: f32 = -80.0;
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     for v in row.iter_mut() {
-        *v = (*v - max).exp();
+        let d = *v - max;
+        *v = if d < NEGLIGIBLE { 0.0 } else { d.exp() };
         sum += *v;
     }
     let inv = 1.0 / sum;

@@ -64,13 +64,12 @@
 //! returned to the input's flux units (inverse transform, times the
 //! spectrum's scale).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
 use sha2::{Digest, Sha256};
 use spectok_data::{
     plan_batches, prepare, try_collate, BatchSize, PrepareConfig, PreparedSpectrum, PAD_PIXEL,
@@ -169,22 +168,6 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The same model built on detached copies of its weights. Weights held as
-/// variables make candle record every operation for backpropagation, which
-/// keeps every activation of a forward pass alive until its output is
-/// dropped (gigabytes for long spectra); detached weights let each
-/// activation go as soon as it is used. Storage is shared, not copied.
-fn frozen(m: &Tokenizer, varmap: &VarMap, device: &Device, dtype: DType) -> Result<Tokenizer> {
-    let weights: HashMap<String, candle_core::Tensor> = {
-        let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
-        data.iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-            .collect()
-    };
-    let vb = VarBuilder::from_tensors(weights, dtype, device);
-    Ok(Tokenizer::new(m.config(), vb)?)
-}
-
 /// The `data.prepare` section of a training config file, if it has one.
 fn prepare_from(path: &Path, patch_size: usize) -> Result<Option<PrepareConfig>> {
     if !path.is_file() {
@@ -222,8 +205,7 @@ impl EmbedModel {
     pub fn load(path: &Path, device: &Device, dtype: Option<DType>) -> Result<EmbedModel> {
         let dir = resolve_checkpoint(path)?;
         let dtype = dtype.unwrap_or_else(|| spectok_model::default_dtype(device));
-        let (trainable, varmap) = Tokenizer::load(&dir, device, dtype)?;
-        let model = frozen(&trainable, &varmap, device, dtype)?;
+        let model = Tokenizer::load_frozen(&dir, device, dtype)?;
         let sha256 = sha256_file(&dir.join(WEIGHTS_FILE))?;
         let p = model.config().patch_size;
         let mut candidates = vec![dir.join(TRAIN_CONFIG_FILE)];
