@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use super::header::Direct;
+use super::header::{Column, Direct, Form};
 use super::{Fits, Value};
 
 /// How a stored value is laid out.
@@ -143,14 +143,9 @@ impl Fits {
         Some(bytes)
     }
 
-    /// Column `col` of rows `rows` of table HDU `index` decoded directly,
-    /// or `None` (cfitsio reads it).
-    pub(super) fn direct_cells<T: Value>(
-        &mut self,
-        index: usize,
-        col: usize,
-        rows: Range<usize>,
-    ) -> Option<Vec<T>> {
+    /// Bytes a row, layout and form of column `col` of table HDU `index`
+    /// when it is read directly; `None` when cfitsio reads it.
+    fn direct_column(&self, index: usize, col: usize) -> Option<(usize, Column, Form)> {
         if self.cfitsio_only {
             return None;
         }
@@ -159,13 +154,23 @@ impl Fits {
             return None;
         };
         let column = *columns.get(col)?;
-        let form = hdu.forms[col];
+        let form = *hdu.forms.get(col)?;
+        column
+            .direct
+            .then_some((usize::try_from(*row_bytes).ok()?, column, form))
+    }
+
+    /// Column `col` of rows `rows` of table HDU `index` decoded directly,
+    /// or `None` (cfitsio reads it).
+    pub(super) fn direct_cells<T: Value>(
+        &mut self,
+        index: usize,
+        col: usize,
+        rows: Range<usize>,
+    ) -> Option<Vec<T>> {
+        let (row_bytes, column, form) = self.direct_column(index, col)?;
         let stored = Stored::of_code(form.code, column.unsigned)?;
-        if !column.direct {
-            return None;
-        }
-        let offset = column.offset;
-        let (row_bytes, offset, size) = (*row_bytes as usize, offset as usize, stored.size());
+        let (offset, size) = (column.offset as usize, stored.size());
         let bytes = self.table_rows(index, rows.clone())?;
         let mut out = Vec::with_capacity(rows.len().checked_mul(form.repeat)?);
         for row in bytes.chunks_exact(row_bytes.max(1)).take(rows.len()) {
@@ -187,20 +192,11 @@ impl Fits {
         col: usize,
         rows: Range<usize>,
     ) -> Option<Vec<String>> {
-        if self.cfitsio_only {
+        let (row_bytes, column, form) = self.direct_column(index, col)?;
+        if form.code != b'A' {
             return None;
         }
-        let hdu = self.hdus.get(index)?.described().ok()?;
-        let Direct::Table { row_bytes, columns } = &hdu.direct else {
-            return None;
-        };
-        let column = *columns.get(col)?;
-        let form = hdu.forms[col];
-        if !column.direct || form.code != b'A' {
-            return None;
-        }
-        let offset = column.offset;
-        let (row_bytes, offset) = (*row_bytes as usize, offset as usize);
+        let offset = column.offset as usize;
         let bytes = self.table_rows(index, rows.clone())?;
         let mut out = Vec::with_capacity(rows.len());
         for row in bytes.chunks_exact(row_bytes.max(1)).take(rows.len()) {
