@@ -55,7 +55,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    spectok_model::device::configure_cpu_threads();
+    spectok_model::process::configure();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::MockSurvey(args) => mock::run(args),

@@ -42,7 +42,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    spectok_model::device::configure_cpu_threads();
+    spectok_model::process::configure();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),

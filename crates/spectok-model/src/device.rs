@@ -58,20 +58,3 @@ pub fn default_dtype(device: &Device) -> DType {
         DType::BF16
     }
 }
-
-/// Keeps candle's own CPU worker pool out of the way unless the user
-/// sizes it (`CANDLE_NUM_THREADS`): call first thing in `main`, before any
-/// thread starts.
-///
-/// candle runs element-wise operations on a barrier pool of spinning
-/// workers beside rayon, which runs the GEMMs and spectok's fused kernels
-/// ([`crate::fused`]); with the heavy element-wise work fused, what is left
-/// for that pool (residual adds, gradient accumulation) is small, and its
-/// spinning workers take cores from the GEMM threads. On 2 cores (`cargo
-/// xtask bench --breakdown`, interleaved): train-step backward
-/// 1.16–1.59 s → 1.12–1.18 s, embed 0.26–0.29 s → 0.255 s.
-pub fn configure_cpu_threads() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
-}

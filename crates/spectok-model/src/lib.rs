@@ -88,6 +88,7 @@ pub mod flops;
 pub mod fsq;
 pub mod fused;
 pub mod layers;
+pub mod process;
 pub mod tokenizer;
 pub mod wavelength;
 
