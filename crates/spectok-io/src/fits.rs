@@ -341,14 +341,6 @@ impl Fits {
             .map(|s| s.trim().to_string())
     }
 
-    /// Every keyword of HDU `index` that carries a value, in card order.
-    pub fn keywords(&self, index: usize) -> Vec<String> {
-        self.hdus
-            .get(index)
-            .map(|h| h.header.keywords())
-            .unwrap_or_default()
-    }
-
     /// A numeric keyword that must be present.
     pub fn require_key_f64(&mut self, index: usize, key: &str) -> Result<f64> {
         let v = self.key_f64(index, key).ok_or_else(|| {

@@ -371,6 +371,7 @@ impl Header {
 
     /// Every keyword that carries a value, in card order (tests compare
     /// each with cfitsio).
+    #[cfg(test)]
     pub fn keywords(&self) -> Vec<String> {
         self.cards
             .iter()
