@@ -20,7 +20,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor}
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::softmax_in_place;
+use super::{softmax_in_place, values};
 
 /// Most logits one task holds at once at inference (queries are taken in
 /// blocks of rows): 2²² f32 values, 16 MiB.
@@ -192,14 +192,6 @@ impl Attention {
     }
 }
 
-/// The contiguous f32 values of a CPU storage.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("spectok-attention: needs contiguous f32 inputs"),
-    }
-}
-
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "spectok-attention"
@@ -218,7 +210,11 @@ impl CustomOp3 for Attention {
         if l3.shape() != l2.shape() {
             candle_core::bail!("spectok-attention: keys and values differ in shape");
         }
-        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (q, k, v) = (
+            values(self.name(), s1, l1)?,
+            values(self.name(), s2, l2)?,
+            values(self.name(), s3, l3)?,
+        );
         let Dims {
             b,
             sq,
@@ -302,10 +298,10 @@ impl CustomOp3 for Attention {
         };
         let dims = self.dims(lq, lk)?;
         let (qs, ks, vs, dout) = (
-            slice(sq_, lq)?,
-            slice(sk_, lk)?,
-            slice(sv_, lv)?,
-            slice(sg_, lg)?,
+            values(self.name(), sq_, lq)?,
+            values(self.name(), sk_, lk)?,
+            values(self.name(), sv_, lv)?,
+            values(self.name(), sg_, lg)?,
         );
         let p = self
             .kept
