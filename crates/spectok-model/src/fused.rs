@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod attention;
+mod linear;
 
 /// Elements handed to one rayon task at least.
 const TASK_ELEMENTS: usize = 1 << 14;
@@ -99,19 +100,61 @@ pub fn softmax(xs: &Tensor) -> Result<Tensor> {
 
 struct Softmax;
 
+/// `eˣ` in straight-line f32 arithmetic that the compiler vectorises
+/// (libm's `expf` is a scalar call): Cephes' `expf` — `x = n ln 2 + r`
+/// with `n` rounded by the 1.5·2²³ shift, `r` by a two-part `ln 2`, a
+/// degree-6 polynomial for `eʳ`, and `2ⁿ` built in the exponent bits —
+/// within 2.5e-7 relative (test). The input is clamped to `[−87.3, 88.3]`, where `2ⁿ` stays
+/// a normal number: below, the result is `e^−87.3` (1.2e-38) instead of
+/// a subnormal or zero, above it is `e^88.3`; NaN stays NaN.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0; // 1.5 · 2²³
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.3, 88.3);
+    let t = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = t - SHIFT;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    // t's low mantissa bits hold n + 2²² (two's complement in 23 bits).
+    let n_int = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    er * f32::from_bits((n_int.wrapping_add(127) << 23) as u32)
+}
+
+/// Sum of a row in eight interleaved partial sums (the compiler keeps
+/// them in one vector register; a single running sum cannot be
+/// vectorised without reordering it).
+#[inline(always)]
+fn lane_sum(row: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
 /// Replaces the logits of one row by their softmax.
 fn softmax_in_place(row: &mut [f32]) {
-    /// Below this, `exp` is under 2e-35 of the largest term (and libm's
-    /// `expf` takes its slow underflow path for masked keys' logits).
+    /// Below this, `exp` is under 2e-35 of the largest term: the term is
+    /// taken as zero (a masked key's logit, −1e9, lands here).
     const NEGLIGIBLE: f32 = -80.0;
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
     for v in row.iter_mut() {
         let d = *v - max;
-        *v = if d < NEGLIGIBLE { 0.0 } else { d.exp() };
-        sum += *v;
+        let e = exp(d);
+        *v = if d < NEGLIGIBLE { 0.0 } else { e };
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / lane_sum(row);
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
@@ -437,6 +480,27 @@ impl CustomOp3 for LayerNormBackward {
 // Bias
 // ---------------------------------------------------------------------------
 
+/// A linear layer `x Wᵀ + b` (`x (…, in)`, `W (out, in)`, `b (out)`) as
+/// one differentiable op: the GEMM accumulates onto the bias, and the
+/// backward pass gives `dX`, `dW` and `db` straight from the output
+/// gradient (see `fused/linear.rs`). `None` where the fused kernel does
+/// not apply (not f32 on the CPU, or the kernels are off): the caller then
+/// takes the composite path.
+pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+    let bias_fusable = match bias {
+        Some(b) => fusable(b),
+        None => true,
+    };
+    if !(fusable(xs) && fusable(weight) && bias_fusable) {
+        return Ok(None);
+    }
+    let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
+    Ok(Some(match bias {
+        Some(b) => xs.apply_op3(&weight, &b.contiguous()?, linear::Linear)?,
+        None => xs.apply_op2(&weight, linear::Linear)?,
+    }))
+}
+
 /// `x + bias` with `bias` (the width of `x`'s last dimension) broadcast
 /// over the rows. The backward pass sums the gradient's rows in parallel
 /// blocks; candle's `broadcast_add` backward reduces over the leading
@@ -684,7 +748,7 @@ impl CustomOp2 for GeluBackward {
         const INV_SQRT_2PI: f32 = 0.398_942_3;
         let dx = map_blocks2(x, dy, TASK_ELEMENTS, |dx, x, dy| {
             for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+                let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
                 *dx = dy * (phi_cdf(x) + x * pdf);
             }
         });
@@ -696,6 +760,23 @@ impl CustomOp2 for GeluBackward {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn exp_is_within_a_few_ulp_over_its_range() {
+        let mut worst = 0f64;
+        let mut x = -87.3f32;
+        while x < 88.3 {
+            let exact = f64::from(x).exp();
+            let rel = ((f64::from(exp(x)) - exact) / exact).abs();
+            worst = worst.max(rel);
+            x += 1.3e-3;
+        }
+        assert!(worst < 2.5e-7, "exp off by {worst} relative");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NAN).is_nan());
+        assert!(exp(-1e9) > 0.0 && exp(-1e9) < 2e-38);
+        assert!(exp(1e9).is_finite());
+    }
 
     #[test]
     fn erf_is_within_a_micro_of_the_exact_value_everywhere() {
@@ -849,6 +930,72 @@ mod tests {
         for shape in [[4, 9], [40, 1000]] {
             agree(&shape, |t| gelu_erf(&t[0]), |t| t[0].gelu_erf(), &[])?;
         }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_linear_equals_the_composite_forward_and_backward() -> Result<()> {
+        let dev = Device::Cpu;
+        for (x_shape, out, bias) in [
+            (vec![7usize, 5], 3usize, true),
+            (vec![2, 9, 33], 17, true),
+            (vec![3, 4, 6], 8, false),
+        ] {
+            let inp = *x_shape.last().unwrap_or(&1);
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, x_shape.as_slice(), &dev)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (out, inp), &dev)?)?;
+            let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, out, &dev)?)?;
+            let mut y_shape = x_shape.clone();
+            if let Some(last) = y_shape.last_mut() {
+                *last = out;
+            }
+            let weighting = Tensor::randn(0f32, 1.0, y_shape.as_slice(), &dev)?;
+            let bias_t = bias.then(|| b.as_tensor().clone());
+            let fused = linear(x.as_tensor(), w.as_tensor(), bias_t.as_ref())?
+                .expect("f32 on the CPU takes the fused op");
+            let rows = x.elem_count() / inp;
+            let mut composite = x
+                .as_tensor()
+                .reshape((rows, inp))?
+                .matmul(&w.as_tensor().t()?)?;
+            if bias {
+                composite = composite.broadcast_add(b.as_tensor())?;
+            }
+            let composite = composite.reshape(y_shape.as_slice())?;
+            let d = (&fused - &composite)?.abs()?.flatten_all()?.max(0)?;
+            assert!(d.to_scalar::<f32>()? < 1e-4, "{x_shape:?}: value");
+            let gf = (&fused * &weighting)?.sum_all()?.backward()?;
+            let gc = (&composite * &weighting)?.sum_all()?.backward()?;
+            let mut vars = vec![("x", &x), ("w", &w)];
+            if bias {
+                vars.push(("b", &b));
+            }
+            for (name, v) in vars {
+                let (a, c) = (gf.get(v).expect("fused grad"), gc.get(v).expect("grad"));
+                assert_eq!(a.dims(), c.dims(), "{x_shape:?}: {name}");
+                let d = (a - c)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                assert!(d < 1e-4, "{x_shape:?}: gradient of {name} off by {d}");
+            }
+            if !bias {
+                assert!(gf.get(&b).is_none());
+            }
+        }
+        // No rows: the output is empty, the weight's gradient zero.
+        let x = Var::from_tensor(&Tensor::zeros((0, 6), DType::F32, &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 6), &dev)?)?;
+        let b = Tensor::randn(0f32, 1.0, 4, &dev)?;
+        let y = linear(x.as_tensor(), w.as_tensor(), Some(&b))?.expect("fused");
+        assert_eq!(y.dims(), &[0, 4]);
+        let g = y.sum_all()?.backward()?;
+        let gw = g.get(&w).expect("weight gradient");
+        assert_eq!(gw.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+        // An input outside the graph (data) gets no gradient computed.
+        let x = Tensor::randn(0f32, 1.0, (4, 3), &dev)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3), &dev)?)?;
+        let y = linear(&x, w.as_tensor(), None)?.expect("fused");
+        let g = y.sum_all()?.backward()?;
+        assert!(g.get(&x).is_none());
+        assert!(g.get(&w).is_some());
         Ok(())
     }
 

@@ -54,6 +54,11 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // f32 on the CPU: one fused op (GEMM onto the bias, direct
+        // backward; see `fused::linear`).
+        if let Some(ys) = crate::fused::linear(xs, &self.weight, self.bias.as_ref())? {
+            return Ok(ys);
+        }
         // A strided input (e.g. from `Tensor::cat` along an inner
         // dimension) is made contiguous first: candle then runs one 2-D
         // GEMM instead of a broadcast batched one, which CUDA's matmul

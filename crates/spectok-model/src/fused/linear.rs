@@ -1,0 +1,254 @@
+//! A linear layer `y = x Wᵀ + b` as one candle custom op with its
+//! backward, for f32 on the CPU.
+//!
+//! As a composite, a linear layer is five graph nodes (reshape to rows,
+//! `Wᵀ`, matmul, bias, reshape back), and candle's backward pass gives
+//! every node's input a zero-filled gradient buffer plus an add, single
+//! threaded — for the MLP's `(rows × 4D)` activations that is several
+//! memory passes per layer around GEMMs that run near the machine's peak.
+//! Here the output buffer starts as the bias and the GEMM accumulates onto
+//! it (no zero fill, no bias pass), and the backward pass returns
+//! `dX = dY W`, `dW = dYᵀ X` and `db = Σ_rows dY` straight from the
+//! output gradient: one node, one gradient buffer per input.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::{last_dim, rows_per_task, values, SumRows};
+
+/// `y = x Wᵀ (+ b)` with `x (…, in)`, `W (out, in)`, `b (out)`.
+pub(super) struct Linear;
+
+/// The forward pass on contiguous values.
+fn forward(
+    name: &str,
+    (x, xl): (&[f32], &Layout),
+    (w, wl): (&[f32], &Layout),
+    bias: Option<&[f32]>,
+) -> Result<(CpuStorage, Shape)> {
+    let (out, inp) = wl.shape().dims2()?;
+    if last_dim(xl) != inp {
+        candle_core::bail!(
+            "{name}: input width {} differs from the weight's {inp}",
+            last_dim(xl)
+        );
+    }
+    let rows: usize = xl.dims().iter().rev().skip(1).product();
+    let mut y = vec![0f32; rows * out];
+    if let Some(b) = bias {
+        if b.len() != out {
+            candle_core::bail!("{name}: bias width {} differs from {out}", b.len());
+        }
+        y.par_chunks_mut(out.max(1) * rows_per_task(out))
+            .for_each(|block| {
+                block
+                    .chunks_exact_mut(out)
+                    .for_each(|r| r.copy_from_slice(b))
+            });
+    }
+    if rows > 0 && out > 0 && inp > 0 {
+        // SAFETY: y holds rows × out values (row stride out), x rows × inp
+        // (row stride inp), w out × inp read as Wᵀ (element (i, j) at
+        // w[j·inp + i]); y is a fresh buffer, so nothing overlaps.
+        unsafe {
+            gemm(
+                rows,
+                out,
+                inp,
+                y.as_mut_ptr(),
+                1,
+                out as isize,
+                bias.is_some(),
+                x.as_ptr(),
+                1,
+                inp as isize,
+                w.as_ptr(),
+                inp as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+        }
+    }
+    let mut dims = xl.dims().to_vec();
+    match dims.last_mut() {
+        Some(last) => *last = out,
+        None => candle_core::bail!("{name}: input has no dimensions"),
+    }
+    Ok((CpuStorage::F32(y), Shape::from(dims)))
+}
+
+/// Runs `f` on the contiguous f32 values of a CPU tensor.
+fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(s) = &*storage else {
+        candle_core::bail!("spectok-linear: backward needs CPU tensors");
+    };
+    f(values("spectok-linear", s, layout)?)
+}
+
+/// `lhs (m × k) · rhs (k × n)` into a new row-major `m × n` buffer; each
+/// operand given as (values, row stride, column stride), on rayon's
+/// threads.
+fn product(
+    (m, n, k): (usize, usize, usize),
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+) -> Vec<f32> {
+    if k == 0 || m == 0 || n == 0 {
+        return vec![0f32; m * n];
+    }
+    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the operands' extents are m × k and k × n at the given
+    // strides (the callers pass whole matrices); dst has room for m × n
+    // values, gemm writes every one of them (it does not read dst), and
+    // only then is the length set.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        );
+        dst.set_len(m * n);
+    }
+    dst
+}
+
+/// GEMMs on all of rayon's threads.
+fn parallelism() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        threads => Parallelism::Rayon(threads),
+    }
+}
+
+/// Gradients of `x`, `W` and (with a bias) `b` from the output gradient,
+/// each only where that input takes part in the graph.
+fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    grad: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (out, inp) = w.dims2()?;
+    let rows = grad.elem_count() / out.max(1);
+    let grad = grad.contiguous()?;
+    let dev = grad.device();
+    let dx = if x.track_op() {
+        // dX (rows × in) = dY (rows × out) · W (out × in).
+        let v = with_values(&grad, |g| {
+            with_values(w, |w| {
+                Ok(product((rows, inp, out), (g, out, 1), (w, inp, 1)))
+            })
+        })?;
+        Some(Tensor::from_vec(v, x.shape(), dev)?)
+    } else {
+        None
+    };
+    let dw = if w.track_op() {
+        // dW (out × in) = dYᵀ (out × rows) · X (rows × in).
+        let x = x.contiguous()?;
+        let v = with_values(&grad, |g| {
+            with_values(&x, |x| {
+                Ok(product((out, inp, rows), (g, 1, out), (x, inp, 1)))
+            })
+        })?;
+        Some(Tensor::from_vec(v, (out, inp), dev)?)
+    } else {
+        None
+    };
+    let db = match bias {
+        Some(b) if b.track_op() => Some(grad.apply_op1_no_bwd(&SumRows)?.reshape(b.shape())?),
+        _ => None,
+    };
+    Ok((dx, dw, db))
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "spectok-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = CustomOp3::name(self);
+        forward(
+            name,
+            (values(name, s1, l1)?, l1),
+            (values(name, s2, l2)?, l2),
+            Some(values(name, s3, l3)?),
+        )
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        backward(x, w, Some(b), grad)
+    }
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "spectok-linear-no-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = CustomOp2::name(self);
+        forward(
+            name,
+            (values(name, s1, l1)?, l1),
+            (values(name, s2, l2)?, l2),
+            None,
+        )
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = backward(x, w, None, grad)?;
+        Ok((dx, dw))
+    }
+}
