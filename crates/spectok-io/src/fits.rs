@@ -125,12 +125,45 @@ trait Value: Copy + Default {
     const CODE: c_int;
     const IMAGE_CODE: c_int = Self::CODE;
     fn decode(stored: Stored, bytes: &[u8]) -> Option<Self>;
+
+    /// Decodes consecutive stored values (`bytes` holds whole values);
+    /// `None` as [`Value::decode`]. The common layouts have loops of their
+    /// own (a byte swap a value, which the compiler vectorises).
+    fn decode_all(stored: Stored, bytes: &[u8]) -> Option<Vec<Self>> {
+        let mut out = Vec::with_capacity(bytes.len() / stored.size().max(1));
+        for v in bytes.chunks_exact(stored.size()) {
+            out.push(Self::decode(stored, v)?);
+        }
+        Some(out)
+    }
+}
+
+/// The big-endian `N`-byte values of `bytes`, each mapped by `f`.
+fn map_be<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    bytes
+        .chunks_exact(N)
+        .map(|b| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(b);
+            f(a)
+        })
+        .collect()
 }
 
 impl Value for f64 {
     const CODE: c_int = sys::TDOUBLE as c_int;
     fn decode(stored: Stored, bytes: &[u8]) -> Option<Self> {
         Some(stored.float(bytes))
+    }
+    fn decode_all(stored: Stored, bytes: &[u8]) -> Option<Vec<Self>> {
+        Some(match stored {
+            Stored::F64 => map_be(bytes, f64::from_be_bytes),
+            Stored::F32 => map_be(bytes, |b| f64::from(f32::from_be_bytes(b))),
+            _ => bytes
+                .chunks_exact(stored.size())
+                .map(|v| stored.float(v))
+                .collect(),
+        })
     }
 }
 
@@ -145,12 +178,36 @@ impl Value for f32 {
             _ => Some(v as f32),
         }
     }
+    fn decode_all(stored: Stored, bytes: &[u8]) -> Option<Vec<Self>> {
+        match stored {
+            Stored::F32 => Some(map_be(bytes, f32::from_be_bytes)),
+            _ => {
+                let mut out = Vec::with_capacity(bytes.len() / stored.size().max(1));
+                for v in bytes.chunks_exact(stored.size()) {
+                    out.push(Self::decode(stored, v)?);
+                }
+                Some(out)
+            }
+        }
+    }
 }
 
 impl Value for i64 {
     const CODE: c_int = sys::TLONGLONG as c_int;
     fn decode(stored: Stored, bytes: &[u8]) -> Option<Self> {
         stored.int(bytes)
+    }
+    fn decode_all(stored: Stored, bytes: &[u8]) -> Option<Vec<Self>> {
+        match stored {
+            Stored::U8 => Some(bytes.iter().map(|&b| i64::from(b)).collect()),
+            Stored::I16 => Some(map_be(bytes, |b| i64::from(i16::from_be_bytes(b)))),
+            Stored::I32 => Some(map_be(bytes, |b| i64::from(i32::from_be_bytes(b)))),
+            Stored::I64 => Some(map_be(bytes, i64::from_be_bytes)),
+            _ => bytes
+                .chunks_exact(stored.size())
+                .map(|v| stored.int(v))
+                .collect(),
+        }
     }
     const IMAGE_CODE: c_int = if std::mem::size_of::<std::os::raw::c_long>() == 8 {
         sys::TLONG as c_int

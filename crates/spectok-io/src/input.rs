@@ -34,7 +34,8 @@ pub fn expand_inputs<S: AsRef<str>>(inputs: &[S]) -> (Vec<PathBuf>, Vec<Error>) 
     for input in inputs {
         let input = input.as_ref();
         let p = Path::new(input);
-        if p.is_dir() {
+        let meta = std::fs::metadata(p).ok();
+        if meta.as_ref().is_some_and(|m| m.is_dir()) {
             match walk(p) {
                 Ok(mut v) if !v.is_empty() => files.append(&mut v),
                 Ok(_) => problems.push(Error::Input {
@@ -43,7 +44,7 @@ pub fn expand_inputs<S: AsRef<str>>(inputs: &[S]) -> (Vec<PathBuf>, Vec<Error>) 
                 }),
                 Err(e) => problems.push(e),
             }
-        } else if p.exists() {
+        } else if meta.is_some() {
             files.push(p.to_path_buf());
         } else if input.contains(['*', '?', '[']) {
             match glob::glob(input) {
@@ -74,8 +75,36 @@ pub fn expand_inputs<S: AsRef<str>>(inputs: &[S]) -> (Vec<PathBuf>, Vec<Error>) 
         }
     }
     let mut seen = std::collections::HashSet::new();
-    files.retain(|f| seen.insert(f.canonicalize().unwrap_or_else(|_| f.clone())));
+    let mut dirs = std::collections::HashMap::new();
+    files.retain(|f| seen.insert(canonical(f, &mut dirs)));
     (files, problems)
+}
+
+/// `f.canonicalize()` (or `f` itself when that fails), resolving each
+/// parent directory once: a file that is not a symbolic link is its
+/// canonical directory joined with its name, so inputs from one directory
+/// cost one `lstat` each instead of a `readlink` per path component.
+fn canonical(f: &Path, dirs: &mut std::collections::HashMap<PathBuf, Option<PathBuf>>) -> PathBuf {
+    let full = || f.canonicalize().unwrap_or_else(|_| f.to_path_buf());
+    let (Some(parent), Some(name)) = (f.parent(), f.file_name()) else {
+        return full();
+    };
+    let is_link = std::fs::symlink_metadata(f).map_or(true, |m| m.file_type().is_symlink());
+    if is_link {
+        return full();
+    }
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let dir = dirs
+        .entry(parent.to_path_buf())
+        .or_insert_with(|| parent.canonicalize().ok());
+    match dir {
+        Some(d) => d.join(name),
+        None => full(),
+    }
 }
 
 fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -250,4 +279,38 @@ pub fn plan_inputs<S: AsRef<str>>(inputs: &[S], format: Option<Format>) -> Plan 
     }
     units.retain(|u| u.format.has_spectra());
     Plan { units, problems }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_file_by_any_spelling_or_symbolic_link_is_listed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let a = sub.join("a.fits");
+        let b = sub.join("b.fits");
+        std::fs::write(&a, b"x").unwrap();
+        std::fs::write(&b, b"y").unwrap();
+        // A link to the file, a link to its directory, a dotted spelling.
+        std::os::unix::fs::symlink(&a, dir.path().join("link.fits")).unwrap();
+        std::os::unix::fs::symlink(&sub, dir.path().join("alias")).unwrap();
+        // A hard link is a file of its own name (the RSS benchmark's 10×
+        // input is made of them) and stays.
+        std::fs::hard_link(&a, dir.path().join("hard.fits")).unwrap();
+        let spell = |p: PathBuf| p.to_string_lossy().into_owned();
+        let inputs = [
+            spell(a.clone()),
+            spell(dir.path().join("link.fits")),
+            spell(dir.path().join("alias").join("a.fits")),
+            spell(sub.join("..").join("sub").join("a.fits")),
+            spell(b.clone()),
+            spell(dir.path().join("hard.fits")),
+        ];
+        let (files, problems) = expand_inputs(&inputs);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(files, vec![a, b, dir.path().join("hard.fits")]);
+    }
 }

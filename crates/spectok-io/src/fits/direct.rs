@@ -172,13 +172,14 @@ impl Fits {
         let stored = Stored::of_code(form.code, column.unsigned)?;
         let (offset, size) = (column.offset as usize, stored.size());
         let bytes = self.table_rows(index, rows.clone())?;
-        let mut out = Vec::with_capacity(rows.len().checked_mul(form.repeat)?);
+        // The column's cells gathered into one run of stored values, then
+        // decoded by the type's whole-run loop (see `Value::decode_all`).
+        let width = form.repeat.checked_mul(size)?;
+        let mut packed = Vec::with_capacity(rows.len().checked_mul(width)?);
         for row in bytes.chunks_exact(row_bytes.max(1)).take(rows.len()) {
-            let cell = row.get(offset..offset + form.repeat * size)?;
-            for v in cell.chunks_exact(size) {
-                out.push(T::decode(stored, v)?);
-            }
+            packed.extend_from_slice(row.get(offset..offset + width)?);
         }
+        let out = T::decode_all(stored, &packed)?;
         (out.len() == rows.len() * form.repeat).then_some(out)
     }
 
@@ -234,10 +235,6 @@ impl Fits {
             return None;
         }
         let bytes = read_exact_at(self.plain.as_ref()?, hdu.data_start + start, len as usize)?;
-        let mut out = Vec::with_capacity(n);
-        for v in bytes.chunks_exact(stored.size()) {
-            out.push(T::decode(stored, v)?);
-        }
-        Some(out)
+        T::decode_all(stored, &bytes)
     }
 }
