@@ -78,7 +78,9 @@ pub use bucket::{plan_batches, BatchSize};
 pub use error::{Error, RejectReason, Result};
 pub use loader::{Loader, LoaderConfig, LoaderState, LoaderStats, SourceSpec};
 pub use mask::MaskRules;
-pub use prepare::{prepare, PrepareConfig, PreparedSpectrum, ScaleRule, Transform, PAD_PIXEL};
+pub use prepare::{
+    median, prepare, robust_scale, PrepareConfig, PreparedSpectrum, ScaleRule, Transform, PAD_PIXEL,
+};
 pub use source::{FileSource, MemorySource, SpectrumSource, SpectrumStream};
 pub use split::{split_of, Split, SplitFilter};
 pub use synthetic::{SyntheticConfig, SyntheticSource};

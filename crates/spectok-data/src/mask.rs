@@ -226,7 +226,12 @@ impl MaskRules {
     /// Whether a pixel with these values is valid under `bad_bits`.
     #[inline]
     pub fn pixel_valid(flux: f32, ivar: f32, mask: u32, bad_bits: u32) -> bool {
-        flux.is_finite() && ivar.is_finite() && ivar > 0.0 && mask & bad_bits == 0
+        // Non-short-circuit `&` of comparisons (finite flux, finite
+        // positive ivar): branch-free, so `valid_pixels` vectorises.
+        (flux.abs() < f32::INFINITY)
+            & (ivar > 0.0)
+            & (ivar < f32::INFINITY)
+            & (mask & bad_bits == 0)
     }
 
     /// Validity of every pixel of `spectrum` (arrays must have equal

@@ -231,17 +231,32 @@ pub fn robust_scale(
     valid: &[bool],
     min_median_fraction: f64,
 ) -> Option<(f64, ScaleRule)> {
-    let mut vals: Vec<f64> = flux
+    // Selection on the f32 values (converting to f64 is exact and keeps
+    // the order, so the medians are those of the f64 values).
+    let mut vals: Vec<f32> = flux
         .iter()
         .zip(valid)
         .filter(|(_, ok)| **ok)
-        .map(|(f, _)| *f as f64)
+        .map(|(f, _)| *f)
         .collect();
-    let med = median(&mut vals)?;
+    let med = median_f32(&mut vals)?;
+    if med.is_finite() && med > 0.0 {
+        // The median of |flux| is needed only to reject `med`: when more
+        // than half the values have `fraction·|v| ≤ med`, both middle
+        // order statistics of |flux| do (and so does their mean), so
+        // `med` passes without a second selection.
+        let within = vals
+            .iter()
+            .filter(|v| min_median_fraction * f64::from(v.abs()) <= med)
+            .count();
+        if within > vals.len() / 2 {
+            return Some((med, ScaleRule::Median));
+        }
+    }
     for v in vals.iter_mut() {
         *v = v.abs();
     }
-    let med_abs = median(&mut vals)?;
+    let med_abs = median_f32(&mut vals)?;
     if med.is_finite() && med > 0.0 && med >= min_median_fraction * med_abs {
         Some((med, ScaleRule::Median))
     } else if med_abs.is_finite() && med_abs > 0.0 {
@@ -250,6 +265,26 @@ pub fn robust_scale(
         None
     }
 }
+
+/// [`median`] of f32 values, in f64 (the mean of the two middle values
+/// is taken in f64); reorders `v`.
+fn median_f32(v: &mut [f32]) -> Option<f64> {
+    let n = v.len();
+    if n == 0 {
+        return None;
+    }
+    let (lo, mid, _) = v.select_nth_unstable_by(n / 2, f32::total_cmp);
+    let mid = f64::from(*mid);
+    if n % 2 == 1 {
+        Some(mid)
+    } else {
+        let below = lo.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        Some(0.5 * (f64::from(below) + mid))
+    }
+}
+
+/// Steps [`runs`] tests against the floor at once.
+const FLOOR_BLOCK: usize = 16;
 
 /// Pixel ranges `[start, end)` of the runs a spectrum splits into: a run
 /// ends at each segment boundary and at each wavelength gap (a step larger
@@ -265,13 +300,27 @@ pub fn runs(spectrum: &Spectrum, gap_factor: f64, gap_window: usize) -> Vec<(usi
             _ => continue,
         };
         steps.clear();
-        steps.extend(w.windows(2).map(|p| p[1] - p[0]));
+        steps.extend(w.iter().zip(&w[1..]).map(|(a, b)| b - a));
         // Fastest path: a step within gap_factor of the segment's smallest
         // step is within it of every neighbourhood's median (log-linear
         // and linear grids pass everywhere but at real gaps).
-        let floor = gap_factor * steps.iter().copied().fold(f64::INFINITY, f64::min);
+        let smallest = steps
+            .iter()
+            .fold(f64::INFINITY, |m, &s| if s < m { s } else { m });
+        let floor = gap_factor * smallest;
         let mut run_start = seg.start;
-        for i in 0..steps.len() {
+        let mut next = 0;
+        while next < steps.len() {
+            let i = next;
+            next += 1;
+            // Whole blocks of steps within the floor are passed over in
+            // one vectorised test.
+            if let Some(block) = steps.get(i..i + FLOOR_BLOCK) {
+                if block.iter().fold(true, |ok, &s| ok & (s <= floor)) {
+                    next = i + FLOOR_BLOCK;
+                    continue;
+                }
+            }
             if steps[i] <= floor {
                 continue;
             }
@@ -315,6 +364,61 @@ pub fn runs(spectrum: &Spectrum, gap_factor: f64, gap_window: usize) -> Vec<(usi
 #[inline]
 fn finite_f32(x: f64) -> f32 {
     x.clamp(-(f32::MAX as f64), f32::MAX as f64) as f32
+}
+
+/// The model channels of each input pixel: normalised (and transformed)
+/// flux and σ and the loss weight, zero for invalid pixels.
+struct Channels {
+    flux: Vec<f32>,
+    sigma: Vec<f32>,
+    weight: Vec<f32>,
+}
+
+impl Channels {
+    fn of(spectrum: &Spectrum, valid: &[bool], scale: f64, cfg: &PrepareConfig) -> Channels {
+        let n = spectrum.flux.len();
+        let mut c = Channels {
+            flux: vec![0.0; n],
+            sigma: vec![0.0; n],
+            weight: vec![0.0; n],
+        };
+        match cfg.transform {
+            Transform::None => c.fill(spectrum, valid, scale, cfg, |x| x, |_| 1.0),
+            Transform::Arcsinh => c.fill(spectrum, valid, scale, cfg, f64::asinh, |f| 1.0 + f * f),
+        }
+        c
+    }
+
+    /// Branch-free over the pixels (invalid ones are computed and
+    /// dropped), so that with an inlined `transform` the loop vectorises.
+    #[inline(always)]
+    fn fill(
+        &mut self,
+        spectrum: &Spectrum,
+        valid: &[bool],
+        scale: f64,
+        cfg: &PrepareConfig,
+        transform: impl Fn(f64) -> f64,
+        weight_factor: impl Fn(f64) -> f64,
+    ) {
+        let scale2 = scale * scale;
+        let max_w = cfg.max_weight as f64;
+        let pixels = spectrum.flux.iter().zip(&spectrum.ivar).zip(valid);
+        let out = self
+            .flux
+            .iter_mut()
+            .zip(self.sigma.iter_mut())
+            .zip(self.weight.iter_mut());
+        for (((flux, sigma), weight), ((&f, &iv), &ok)) in out.zip(pixels) {
+            let f = f as f64 / scale;
+            let ivn = iv as f64 * scale2;
+            let s = 1.0 / ivn.sqrt();
+            let w = ivn * weight_factor(f);
+            *flux = if ok { finite_f32(transform(f)) } else { 0.0 };
+            *sigma = if ok { finite_f32(transform(s)) } else { 0.0 };
+            *weight = if ok { w.min(max_w) as f32 } else { 0.0 };
+        }
+    }
 }
 
 /// Prepares one spectrum: validity, scale, normalised channels, patches.
@@ -366,38 +470,27 @@ pub fn prepare(spectrum: &Spectrum, cfg: &PrepareConfig) -> Result<PreparedSpect
         patch_center: Vec::with_capacity(n_patches),
         valid_pixels,
     };
-    let scale2 = scale * scale;
-    let max_w = cfg.max_weight as f64;
+    // The three channels of every input pixel (zero where invalid), in
+    // one pass the compiler vectorises; patches then copy ranges of them.
+    let channels = Channels::of(spectrum, &valid, scale, cfg);
     let mut slot = 0;
     for (a, b) in runs {
         let mut start = a;
         while start < b {
             let end = (start + p).min(b);
+            let len = end - start;
             let row = slot..slot + p;
-            let mut n_ok = 0;
-            for (k, i) in (start..end).enumerate() {
-                let s = slot + k;
-                out.wavelength[s] = spectrum.wavelength[i];
-                out.pixel_index[s] = i as u32;
-                if !valid[i] {
-                    continue;
-                }
-                n_ok += 1;
-                let f = spectrum.flux[i] as f64 / scale;
-                let ivn = spectrum.ivar[i] as f64 * scale2;
-                let sigma = 1.0 / ivn.sqrt();
-                let w = match cfg.transform {
-                    Transform::None => ivn,
-                    Transform::Arcsinh => ivn * (1.0 + f * f),
-                };
-                out.flux[s] = finite_f32(cfg.transform.apply(f));
-                out.sigma[s] = finite_f32(cfg.transform.apply(sigma));
-                out.weight[s] = w.min(max_w) as f32;
+            let filled = slot..slot + len;
+            out.wavelength[filled.clone()].copy_from_slice(&spectrum.wavelength[start..end]);
+            out.flux[filled.clone()].copy_from_slice(&channels.flux[start..end]);
+            out.sigma[filled.clone()].copy_from_slice(&channels.sigma[start..end]);
+            out.weight[filled.clone()].copy_from_slice(&channels.weight[start..end]);
+            for (slot_index, i) in out.pixel_index[filled].iter_mut().zip(start as u32..) {
+                *slot_index = i;
             }
+            let n_ok = valid[start..end].iter().filter(|v| **v).count();
             let last = spectrum.wavelength[end - 1];
-            for s in slot + (end - start)..slot + p {
-                out.wavelength[s] = last;
-            }
+            out.wavelength[slot + len..slot + p].fill(last);
             // Tail padding counts as invalid: valid iff at most half invalid.
             let state = if 2 * (p - n_ok) <= p {
                 PatchState::Valid

@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 use spectok_data::{
-    collate, prepare, MaskRules, PatchState, PrepareConfig, RejectReason, PAD_PIXEL,
+    collate, median, prepare, robust_scale, MaskRules, PatchState, PrepareConfig, RejectReason,
+    ScaleRule, PAD_PIXEL,
 };
 use spectok_io::{Labels, Medium, Segment, Source, Spectrum, Survey};
 
@@ -258,5 +259,47 @@ proptest! {
         prop_assert!(batch.patch_state[pos * t + np..(pos + 1) * t].iter().all(|s| *s == PatchState::Padding));
         prop_assert_eq!(batch.log_scale[pos], me.log_scale);
         prop_assert_eq!(&batch.ids[pos], &me.id);
+    }
+}
+
+/// The scale rule by its definition: both medians, in f64.
+fn scale_by_definition(flux: &[f32], valid: &[bool], fraction: f64) -> Option<(f64, ScaleRule)> {
+    let mut v: Vec<f64> = flux
+        .iter()
+        .zip(valid)
+        .filter(|(_, ok)| **ok)
+        .map(|(f, _)| f64::from(*f))
+        .collect();
+    let med = median(&mut v)?;
+    let mut a: Vec<f64> = v.iter().map(|x| x.abs()).collect();
+    let med_abs = median(&mut a)?;
+    if med.is_finite() && med > 0.0 && med >= fraction * med_abs {
+        Some((med, ScaleRule::Median))
+    } else if med_abs.is_finite() && med_abs > 0.0 {
+        Some((med_abs, ScaleRule::MedianAbs))
+    } else {
+        None
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// `robust_scale` (one selection in f32 where a count proves the
+    /// median passes) gives exactly the scale and rule of the definition.
+    #[test]
+    fn robust_scale_equals_its_definition(
+        flux in prop::collection::vec(
+            prop_oneof![-50.0f32..200.0, Just(0.0f32), Just(-0.0f32), -1e30f32..1e30],
+            0..300,
+        ),
+        keep in prop::collection::vec(any::<bool>(), 300),
+        fraction in prop_oneof![Just(0.0f64), 0.0f64..1.0, Just(0.1), Just(1.0), 1.0f64..20.0],
+    ) {
+        let valid = &keep[..flux.len()];
+        prop_assert_eq!(
+            robust_scale(&flux, valid, fraction),
+            scale_by_definition(&flux, valid, fraction)
+        );
     }
 }
