@@ -557,16 +557,27 @@ fn read_spectra(files: &[PathBuf]) -> Result<Vec<Spectrum>> {
     Ok(per_unit.into_iter().flatten().collect())
 }
 
-/// Reads and prepares every spectrum of `files`.
+/// Reads and prepares every spectrum of `files`, as `spectok embed` does:
+/// each unit read and its spectra prepared by one rayon task (units in
+/// parallel), skipping what a reader or `prepare` refuses.
 pub(crate) fn read_prepared(
     files: &[PathBuf],
     prep: &PrepareConfig,
 ) -> Result<Vec<PreparedSpectrum>> {
-    let spectra = read_spectra(files)?;
-    Ok(spectra
+    let plan = plan_inputs(&strings(files), None);
+    if let Some(p) = plan.problems.first() {
+        bail!("{p}");
+    }
+    let per_unit: Vec<Vec<PreparedSpectrum>> = plan
+        .units
         .par_iter()
-        .filter_map(|s| prepare(s, prep).ok())
-        .collect())
+        .map(|u| -> Result<Vec<PreparedSpectrum>> {
+            Ok(read_unit(u)?
+                .filter_map(|s| prepare(&s.ok()?, prep).ok())
+                .collect())
+        })
+        .collect::<Result<_>>()?;
+    Ok(per_unit.into_iter().flatten().collect())
 }
 
 /// A batch of `n` spectra cycling through `spectra`.
