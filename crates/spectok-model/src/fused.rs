@@ -495,10 +495,27 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Opt
         return Ok(None);
     }
     let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
+    let op = linear::Linear::plain();
     Ok(Some(match bias {
-        Some(b) => xs.apply_op3(&weight, &b.contiguous()?, linear::Linear)?,
-        None => xs.apply_op2(&weight, linear::Linear)?,
+        Some(b) => xs.apply_op3(&weight, &b.contiguous()?, op)?,
+        None => xs.apply_op2(&weight, op)?,
     }))
+}
+
+/// [`linear`] followed by the exact GELU, as one op: the activation is
+/// applied right after the GEMM, and the pre-activation is kept (when a
+/// gradient can flow) for the backward pass, which turns the output
+/// gradient into the pre-activation's before the GEMMs — no graph node,
+/// gradient buffer or extra pass for the `(rows × out)` pre-activation.
+/// `None` where the fused kernel does not apply.
+pub fn linear_gelu(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Option<Tensor>> {
+    if !(fusable(xs) && fusable(weight) && fusable(bias)) {
+        return Ok(None);
+    }
+    let keep = xs.track_op() || weight.track_op() || bias.track_op();
+    let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
+    let op = linear::Linear::with_gelu(keep);
+    Ok(Some(xs.apply_op3(&weight, &bias.contiguous()?, op)?))
 }
 
 /// `x + bias` with `bias` (the width of `x`'s last dimension) broadcast
@@ -704,6 +721,23 @@ fn phi_cdf(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// `o = x Φ(x)` over a block.
+fn gelu_block(o: &mut [f32], x: &[f32]) {
+    for (o, &x) in o.iter_mut().zip(x) {
+        *o = x * phi_cdf(x);
+    }
+}
+
+/// `dx = dy · (Φ(x) + x φ(x))` over a block.
+fn gelu_grad_block(dx: &mut [f32], x: &[f32], dy: &[f32]) {
+    // 1/√(2π)
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+        let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
+        *dx = dy * (phi_cdf(x) + x * pdf);
+    }
+}
+
 struct Gelu;
 
 impl CustomOp1 for Gelu {
@@ -713,11 +747,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = values(self.name(), s, l)?;
-        let out = map_blocks(x, TASK_ELEMENTS, |o, x| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = x * phi_cdf(x);
-            }
-        });
+        let out = map_blocks(x, TASK_ELEMENTS, gelu_block);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -744,14 +774,7 @@ impl CustomOp2 for GeluBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let x = values(self.name(), s1, l1)?;
         let dy = values(self.name(), s2, l2)?;
-        // 1/√(2π)
-        const INV_SQRT_2PI: f32 = 0.398_942_3;
-        let dx = map_blocks2(x, dy, TASK_ELEMENTS, |dx, x, dy| {
-            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
-                *dx = dy * (phi_cdf(x) + x * pdf);
-            }
-        });
+        let dx = map_blocks2(x, dy, TASK_ELEMENTS, gelu_grad_block);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -996,6 +1019,37 @@ mod tests {
         let g = y.sum_all()?.backward()?;
         assert!(g.get(&x).is_none());
         assert!(g.get(&w).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn fused_linear_gelu_equals_the_composite_forward_and_backward() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 11, 9), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (13, 9), &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 13, &dev)?)?;
+        let weighting = Tensor::randn(0f32, 1.0, (2, 11, 13), &dev)?;
+        let fused = linear_gelu(x.as_tensor(), w.as_tensor(), b.as_tensor())?
+            .expect("f32 on the CPU takes the fused op");
+        let composite = x
+            .as_tensor()
+            .broadcast_matmul(&w.as_tensor().t()?)?
+            .broadcast_add(b.as_tensor())?
+            .gelu_erf()?;
+        let d = (&fused - &composite)?.abs()?.flatten_all()?.max(0)?;
+        assert!(d.to_scalar::<f32>()? < 1e-5, "value");
+        let loss = (&fused * &weighting)?.sum_all()?;
+        let gc = (&composite * &weighting)?.sum_all()?.backward()?;
+        // The first backward uses the kept pre-activation, the second
+        // recomputes it: both equal the composite's gradients.
+        for round in 0..2 {
+            let gf = loss.backward()?;
+            for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
+                let (a, c) = (gf.get(v).expect("fused grad"), gc.get(v).expect("grad"));
+                let d = (a - c)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                assert!(d < 1e-4, "round {round}: gradient of {name} off by {d}");
+            }
+        }
         Ok(())
     }
 

@@ -153,6 +153,12 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // f32 on the CPU: fc1 and the GELU as one fused op.
+        if let Some(b) = self.fc1.bias() {
+            if let Some(h) = crate::fused::linear_gelu(xs, self.fc1.weight(), b)? {
+                return h.apply(&self.fc2);
+            }
+        }
         crate::fused::gelu_erf(&xs.apply(&self.fc1)?)?.apply(&self.fc2)
     }
 }

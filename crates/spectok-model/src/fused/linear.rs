@@ -11,22 +11,110 @@
 //! `dX = dY W`, `dW = dYᵀ X` and `db = Σ_rows dY` straight from the
 //! output gradient: one node, one gradient buffer per input.
 
+use std::sync::Mutex;
+
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::{last_dim, rows_per_task, values, SumRows};
+use super::{
+    gelu_block, gelu_grad_block, last_dim, map_blocks, map_blocks2, rows_per_task, values, SumRows,
+    TASK_ELEMENTS,
+};
 
-/// `y = x Wᵀ (+ b)` with `x (…, in)`, `W (out, in)`, `b (out)`.
-pub(super) struct Linear;
+/// `y = x Wᵀ (+ b)` with `x (…, in)`, `W (out, in)`, `b (out)`, or
+/// `GELU(x Wᵀ + b)`.
+pub(super) struct Linear {
+    gelu: bool,
+    /// Keep the pre-activation for the backward pass (GELU only).
+    keep: bool,
+    pre: Mutex<Option<Vec<f32>>>,
+}
 
-/// The forward pass on contiguous values.
-fn forward(
+impl Linear {
+    /// `x Wᵀ (+ b)`.
+    pub(super) fn plain() -> Linear {
+        Linear {
+            gelu: false,
+            keep: false,
+            pre: Mutex::new(None),
+        }
+    }
+
+    /// `GELU(x Wᵀ + b)`, keeping the pre-activation when `keep`.
+    pub(super) fn with_gelu(keep: bool) -> Linear {
+        Linear {
+            gelu: true,
+            keep,
+            pre: Mutex::new(None),
+        }
+    }
+
+    /// The output from the product: GELU applied (the product kept for
+    /// the backward pass when asked) or the product itself.
+    fn activate(&self, (y, shape): (Vec<f32>, Shape)) -> (CpuStorage, Shape) {
+        if !self.gelu {
+            return (CpuStorage::F32(y), shape);
+        }
+        let out = map_blocks(&y, TASK_ELEMENTS, gelu_block);
+        if self.keep {
+            *self.pre.lock().unwrap_or_else(|e| e.into_inner()) = Some(y);
+        }
+        (CpuStorage::F32(out), shape)
+    }
+
+    /// The gradient of the product: the output gradient itself, or
+    /// through GELU's derivative at the kept (else recomputed)
+    /// pre-activation.
+    fn product_grad(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        grad: &Tensor,
+    ) -> Result<Tensor> {
+        let grad = grad.contiguous()?;
+        if !self.gelu {
+            return Ok(grad);
+        }
+        let kept = self.pre.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let pre = match kept {
+            Some(pre) => pre,
+            None => {
+                let x = x.contiguous()?;
+                let b = bias.map(|b| b.contiguous()).transpose()?;
+                with_values(&x, |xv| {
+                    with_values(w, |wv| {
+                        let (xl, wl) = (x.layout(), w.layout());
+                        match &b {
+                            Some(b) => with_values(b, |bv| {
+                                product_onto_bias("spectok-linear", (xv, xl), (wv, wl), Some(bv))
+                            }),
+                            None => product_onto_bias("spectok-linear", (xv, xl), (wv, wl), None),
+                        }
+                    })
+                })?
+                .0
+            }
+        };
+        let dpre = with_values(&grad, |g| {
+            if g.len() != pre.len() {
+                candle_core::bail!("spectok-linear: gradient and pre-activation sizes differ");
+            }
+            Ok(map_blocks2(&pre, g, TASK_ELEMENTS, gelu_grad_block))
+        })?;
+        Tensor::from_vec(dpre, grad.shape(), grad.device())
+    }
+}
+
+/// The product `x Wᵀ (+ b)` on contiguous values: the output starts as
+/// the bias (or zeros) and the GEMM accumulates onto it.
+fn product_onto_bias(
     name: &str,
     (x, xl): (&[f32], &Layout),
     (w, wl): (&[f32], &Layout),
     bias: Option<&[f32]>,
-) -> Result<(CpuStorage, Shape)> {
+) -> Result<(Vec<f32>, Shape)> {
     let (out, inp) = wl.shape().dims2()?;
     if last_dim(xl) != inp {
         candle_core::bail!(
@@ -80,7 +168,7 @@ fn forward(
         Some(last) => *last = out,
         None => candle_core::bail!("{name}: input has no dimensions"),
     }
-    Ok((CpuStorage::F32(y), Shape::from(dims)))
+    Ok((y, Shape::from(dims)))
 }
 
 /// Runs `f` on the contiguous f32 values of a CPU tensor.
@@ -143,8 +231,9 @@ fn parallelism() -> Parallelism {
     }
 }
 
-/// Gradients of `x`, `W` and (with a bias) `b` from the output gradient,
-/// each only where that input takes part in the graph.
+/// Gradients of `x`, `W` and (with a bias) `b` from the (contiguous)
+/// gradient of the product, each only where that input takes part in the
+/// graph.
 fn backward(
     x: &Tensor,
     w: &Tensor,
@@ -153,7 +242,6 @@ fn backward(
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let (out, inp) = w.dims2()?;
     let rows = grad.elem_count() / out.max(1);
-    let grad = grad.contiguous()?;
     let dev = grad.device();
     let dx = if x.track_op() {
         // dX (rows × in) = dY (rows × out) · W (out × in).
@@ -200,12 +288,12 @@ impl CustomOp3 for Linear {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = CustomOp3::name(self);
-        forward(
+        Ok(self.activate(product_onto_bias(
             name,
             (values(name, s1, l1)?, l1),
             (values(name, s2, l2)?, l2),
             Some(values(name, s3, l3)?),
-        )
+        )?))
     }
 
     fn bwd(
@@ -216,7 +304,8 @@ impl CustomOp3 for Linear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        backward(x, w, Some(b), grad)
+        let grad = self.product_grad(x, w, Some(b), grad)?;
+        backward(x, w, Some(b), &grad)
     }
 }
 
@@ -233,12 +322,12 @@ impl CustomOp2 for Linear {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = CustomOp2::name(self);
-        forward(
+        Ok(self.activate(product_onto_bias(
             name,
             (values(name, s1, l1)?, l1),
             (values(name, s2, l2)?, l2),
             None,
-        )
+        )?))
     }
 
     fn bwd(
@@ -248,7 +337,8 @@ impl CustomOp2 for Linear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = backward(x, w, None, grad)?;
+        let grad = self.product_grad(x, w, None, grad)?;
+        let (dx, dw, _) = backward(x, w, None, &grad)?;
         Ok((dx, dw))
     }
 }
