@@ -360,10 +360,14 @@ pub fn runs(spectrum: &Spectrum, gap_factor: f64, gap_window: usize) -> Vec<(usi
 }
 
 /// `x` as f32, saturating at ±`f32::MAX` so that no model input is
-/// infinite (only reachable with absurd flux/scale ratios).
-#[inline]
+/// infinite (only reachable with absurd flux/scale ratios); NaN stays NaN
+/// (as `f64::clamp`). Written as selects so that loops over it vectorise.
+#[inline(always)]
 fn finite_f32(x: f64) -> f32 {
-    x.clamp(-(f32::MAX as f64), f32::MAX as f64) as f32
+    const MAX: f64 = f32::MAX as f64;
+    let x = if x > MAX { MAX } else { x };
+    let x = if x < -MAX { -MAX } else { x };
+    x as f32
 }
 
 /// The model channels of each input pixel: normalised (and transformed)
@@ -403,20 +407,24 @@ impl Channels {
     ) {
         let scale2 = scale * scale;
         let max_w = cfg.max_weight as f64;
-        let pixels = spectrum.flux.iter().zip(&spectrum.ivar).zip(valid);
-        let out = self
-            .flux
-            .iter_mut()
-            .zip(self.sigma.iter_mut())
-            .zip(self.weight.iter_mut());
-        for (((flux, sigma), weight), ((&f, &iv), &ok)) in out.zip(pixels) {
-            let f = f as f64 / scale;
-            let ivn = iv as f64 * scale2;
+        let n = self.flux.len();
+        let (flux, ivar, valid) = (&spectrum.flux[..n], &spectrum.ivar[..n], &valid[..n]);
+        let (out_f, out_s, out_w) = (
+            &mut self.flux[..n],
+            &mut self.sigma[..n],
+            &mut self.weight[..n],
+        );
+        for i in 0..n {
+            let ok = valid[i];
+            let f = flux[i] as f64 / scale;
+            let ivn = ivar[i] as f64 * scale2;
             let s = 1.0 / ivn.sqrt();
+            // `w.min(max_w)` as a select (also max_w for a NaN w).
             let w = ivn * weight_factor(f);
-            *flux = if ok { finite_f32(transform(f)) } else { 0.0 };
-            *sigma = if ok { finite_f32(transform(s)) } else { 0.0 };
-            *weight = if ok { w.min(max_w) as f32 } else { 0.0 };
+            let w = if w < max_w { w } else { max_w };
+            out_f[i] = if ok { finite_f32(transform(f)) } else { 0.0 };
+            out_s[i] = if ok { finite_f32(transform(s)) } else { 0.0 };
+            out_w[i] = if ok { w as f32 } else { 0.0 };
         }
     }
 }

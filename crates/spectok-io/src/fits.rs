@@ -1089,9 +1089,13 @@ fn walk_headers(file: &std::fs::File, path: &Path) -> Result<Vec<Hdu>> {
     };
     let len = file.metadata().map_err(os)?.len();
     let mut walk = Walker::new();
-    let mut block = [0u8; header::BLOCK as usize];
+    // Headers are read HEADER_READ_BLOCKS blocks at a time: a primary
+    // header of a few blocks takes one read, not one a block.
+    let mut block = vec![0u8; HEADER_READ_BLOCKS * header::BLOCK as usize];
     let mut pos = 0u64;
     while let Some(at) = walk.wants(pos).filter(|&at| at < len) {
+        let want = (len - at).min(block.len() as u64) as usize;
+        let block = &mut block[..want];
         let mut filled = 0;
         while filled < block.len() {
             match file.read_at(&mut block[filled..], at + filled as u64) {
@@ -1101,6 +1105,8 @@ fn walk_headers(file: &std::fs::File, path: &Path) -> Result<Vec<Hdu>> {
                 Err(e) => return Err(os(e)),
             }
         }
+        // Cards past a header's end are data the walk passes over (or,
+        // after an HDU without data, the next header), as in a stream.
         for (i, card) in block[..filled].chunks_exact(80).enumerate() {
             walk.card(at + (i * 80) as u64, card)
                 .map_err(|f| fault_error(f, path))?;
@@ -1112,6 +1118,9 @@ fn walk_headers(file: &std::fs::File, path: &Path) -> Result<Vec<Hdu>> {
     }
     index(walk, len, path)
 }
+
+/// Blocks read at once while walking a header.
+const HEADER_READ_BLOCKS: usize = 4;
 
 /// Checks every 80-byte card of the plain file `path` ([`scan_cards`])
 /// before cfitsio may parse any of it.

@@ -9,7 +9,14 @@
 //! Here the output buffer starts as the bias and the GEMM accumulates onto
 //! it (no zero fill, no bias pass), and the backward pass returns
 //! `dX = dY W`, `dW = dYᵀ X` and `db = Σ_rows dY` straight from the
-//! output gradient: one node, one gradient buffer per input.
+//! output gradient (two GEMMs written straight into fresh buffers): one
+//! node, one gradient buffer per input.
+//!
+//! The MLP's first layer also takes its GELU ([`super::linear_gelu`]): the
+//! activation is applied after the GEMM and the pre-activation kept for
+//! the backward pass, which multiplies the output gradient by GELU's
+//! derivative before the GEMMs — the `(rows × 4D)` pre-activation is no
+//! graph node of its own.
 
 use std::sync::Mutex;
 
@@ -245,7 +252,7 @@ fn backward(
     let dev = grad.device();
     let dx = if x.track_op() {
         // dX (rows × in) = dY (rows × out) · W (out × in).
-        let v = with_values(&grad, |g| {
+        let v = with_values(grad, |g| {
             with_values(w, |w| {
                 Ok(product((rows, inp, out), (g, out, 1), (w, inp, 1)))
             })
@@ -257,7 +264,7 @@ fn backward(
     let dw = if w.track_op() {
         // dW (out × in) = dYᵀ (out × rows) · X (rows × in).
         let x = x.contiguous()?;
-        let v = with_values(&grad, |g| {
+        let v = with_values(grad, |g| {
             with_values(&x, |x| {
                 Ok(product((out, inp, rows), (g, 1, out), (x, inp, 1)))
             })
