@@ -79,7 +79,8 @@ pub use error::{Error, RejectReason, Result};
 pub use loader::{Loader, LoaderConfig, LoaderState, LoaderStats, SourceSpec};
 pub use mask::MaskRules;
 pub use prepare::{
-    median, prepare, robust_scale, PrepareConfig, PreparedSpectrum, ScaleRule, Transform, PAD_PIXEL,
+    median, prepare, robust_scale, runs, PrepareConfig, PreparedSpectrum, ScaleRule, Transform,
+    PAD_PIXEL,
 };
 pub use source::{FileSource, MemorySource, SpectrumSource, SpectrumStream};
 pub use split::{split_of, Split, SplitFilter};

@@ -370,61 +370,79 @@ fn finite_f32(x: f64) -> f32 {
     x as f32
 }
 
-/// The model channels of each input pixel: normalised (and transformed)
-/// flux and σ and the loss weight, zero for invalid pixels.
-struct Channels {
-    flux: Vec<f32>,
-    sigma: Vec<f32>,
-    weight: Vec<f32>,
+/// Appends the model channels of input pixels `range` — normalised (and
+/// transformed) flux, σ and the loss weight, zero for invalid pixels — to
+/// the three outputs. One short loop per channel, each branch-free (the
+/// invalid pixels are computed and dropped by a select), so the compiler
+/// vectorises them; nothing is zero-filled first.
+struct Channels<'a> {
+    flux: &'a [f32],
+    ivar: &'a [f32],
+    valid: &'a [bool],
+    scale: f64,
+    scale2: f64,
+    max_w: f64,
+    transform: Transform,
 }
 
-impl Channels {
-    fn of(spectrum: &Spectrum, valid: &[bool], scale: f64, cfg: &PrepareConfig) -> Channels {
-        let n = spectrum.flux.len();
-        let mut c = Channels {
-            flux: vec![0.0; n],
-            sigma: vec![0.0; n],
-            weight: vec![0.0; n],
-        };
-        match cfg.transform {
-            Transform::None => c.fill(spectrum, valid, scale, cfg, |x| x, |_| 1.0),
-            Transform::Arcsinh => c.fill(spectrum, valid, scale, cfg, f64::asinh, |f| 1.0 + f * f),
+impl<'a> Channels<'a> {
+    fn new(spectrum: &'a Spectrum, valid: &'a [bool], scale: f64, cfg: &PrepareConfig) -> Self {
+        Channels {
+            flux: &spectrum.flux,
+            ivar: &spectrum.ivar,
+            valid,
+            scale,
+            scale2: scale * scale,
+            max_w: cfg.max_weight as f64,
+            transform: cfg.transform,
         }
-        c
     }
 
-    /// Branch-free over the pixels (invalid ones are computed and
-    /// dropped), so that with an inlined `transform` the loop vectorises.
-    #[inline(always)]
-    fn fill(
-        &mut self,
-        spectrum: &Spectrum,
-        valid: &[bool],
-        scale: f64,
-        cfg: &PrepareConfig,
-        transform: impl Fn(f64) -> f64,
-        weight_factor: impl Fn(f64) -> f64,
+    fn append(
+        &self,
+        range: std::ops::Range<usize>,
+        flux: &mut Vec<f32>,
+        sigma: &mut Vec<f32>,
+        weight: &mut Vec<f32>,
     ) {
-        let scale2 = scale * scale;
-        let max_w = cfg.max_weight as f64;
-        let n = self.flux.len();
-        let (flux, ivar, valid) = (&spectrum.flux[..n], &spectrum.ivar[..n], &valid[..n]);
-        let (out_f, out_s, out_w) = (
-            &mut self.flux[..n],
-            &mut self.sigma[..n],
-            &mut self.weight[..n],
+        let (f_in, iv_in, ok_in) = (
+            &self.flux[range.clone()],
+            &self.ivar[range.clone()],
+            &self.valid[range],
         );
-        for i in 0..n {
-            let ok = valid[i];
-            let f = flux[i] as f64 / scale;
-            let ivn = ivar[i] as f64 * scale2;
-            let s = 1.0 / ivn.sqrt();
-            // `w.min(max_w)` as a select (also max_w for a NaN w).
-            let w = ivn * weight_factor(f);
-            let w = if w < max_w { w } else { max_w };
-            out_f[i] = if ok { finite_f32(transform(f)) } else { 0.0 };
-            out_s[i] = if ok { finite_f32(transform(s)) } else { 0.0 };
-            out_w[i] = if ok { w as f32 } else { 0.0 };
+        let (scale, scale2, max_w) = (self.scale, self.scale2, self.max_w);
+        let select = |ok: bool, x: f32| if ok { x } else { 0.0 };
+        match self.transform {
+            Transform::None => {
+                flux.extend(
+                    f_in.iter()
+                        .zip(ok_in)
+                        .map(|(&f, &ok)| select(ok, finite_f32(f as f64 / scale))),
+                );
+                sigma.extend(
+                    iv_in.iter().zip(ok_in).map(|(&iv, &ok)| {
+                        select(ok, finite_f32(1.0 / (iv as f64 * scale2).sqrt()))
+                    }),
+                );
+                weight.extend(iv_in.iter().zip(ok_in).map(|(&iv, &ok)| {
+                    let w = iv as f64 * scale2;
+                    // `w.min(max_w)` as a select (also max_w for a NaN w).
+                    select(ok, (if w < max_w { w } else { max_w }) as f32)
+                }));
+            }
+            Transform::Arcsinh => {
+                let t = Transform::Arcsinh;
+                for ((&f, &iv), &ok) in f_in.iter().zip(iv_in).zip(ok_in) {
+                    let f = f as f64 / scale;
+                    let ivn = iv as f64 * scale2;
+                    let s = 1.0 / ivn.sqrt();
+                    let w = ivn * (1.0 + f * f);
+                    let w = if w < max_w { w } else { max_w };
+                    flux.push(select(ok, finite_f32(t.apply(f))));
+                    sigma.push(select(ok, finite_f32(t.apply(s))));
+                    weight.push(select(ok, w as f32));
+                }
+            }
         }
     }
 }
@@ -469,36 +487,35 @@ pub fn prepare(spectrum: &Spectrum, cfg: &PrepareConfig) -> Result<PreparedSpect
         scale,
         log_scale: scale.log10() as f32,
         scale_rule,
-        flux: vec![0.0; n],
-        sigma: vec![0.0; n],
-        wavelength: vec![0.0; n],
-        weight: vec![0.0; n],
-        pixel_index: vec![PAD_PIXEL; n],
+        flux: Vec::with_capacity(n),
+        sigma: Vec::with_capacity(n),
+        wavelength: Vec::with_capacity(n),
+        weight: Vec::with_capacity(n),
+        pixel_index: Vec::with_capacity(n),
         patch_state: Vec::with_capacity(n_patches),
         patch_center: Vec::with_capacity(n_patches),
         valid_pixels,
     };
-    // The three channels of every input pixel (zero where invalid), in
-    // one pass the compiler vectorises; patches then copy ranges of them.
-    let channels = Channels::of(spectrum, &valid, scale, cfg);
-    let mut slot = 0;
+    // Patches are appended in order: their pixels, then the tail padding.
+    let channels = Channels::new(spectrum, &valid, scale, cfg);
     for (a, b) in runs {
         let mut start = a;
         while start < b {
             let end = (start + p).min(b);
-            let len = end - start;
-            let row = slot..slot + p;
-            let filled = slot..slot + len;
-            out.wavelength[filled.clone()].copy_from_slice(&spectrum.wavelength[start..end]);
-            out.flux[filled.clone()].copy_from_slice(&channels.flux[start..end]);
-            out.sigma[filled.clone()].copy_from_slice(&channels.sigma[start..end]);
-            out.weight[filled.clone()].copy_from_slice(&channels.weight[start..end]);
-            for (slot_index, i) in out.pixel_index[filled].iter_mut().zip(start as u32..) {
-                *slot_index = i;
+            let pad = p - (end - start);
+            let row = out.flux.len();
+            let last = spectrum.wavelength[end - 1];
+            out.wavelength
+                .extend_from_slice(&spectrum.wavelength[start..end]);
+            out.wavelength.resize(out.wavelength.len() + pad, last);
+            out.pixel_index.extend(start as u32..end as u32);
+            out.pixel_index
+                .resize(out.pixel_index.len() + pad, PAD_PIXEL);
+            channels.append(start..end, &mut out.flux, &mut out.sigma, &mut out.weight);
+            for v in [&mut out.flux, &mut out.sigma, &mut out.weight] {
+                v.resize(v.len() + pad, 0.0);
             }
             let n_ok = valid[start..end].iter().filter(|v| **v).count();
-            let last = spectrum.wavelength[end - 1];
-            out.wavelength[slot + len..slot + p].fill(last);
             // Tail padding counts as invalid: valid iff at most half invalid.
             let state = if 2 * (p - n_ok) <= p {
                 PatchState::Valid
@@ -506,12 +523,11 @@ pub fn prepare(spectrum: &Spectrum, cfg: &PrepareConfig) -> Result<PreparedSpect
                 PatchState::Invalid
             };
             if state == PatchState::Invalid {
-                out.weight[row].fill(0.0);
+                out.weight[row..row + p].fill(0.0);
             }
             out.patch_state.push(state);
             out.patch_center
                 .push(0.5 * (spectrum.wavelength[start] + last));
-            slot += p;
             start = end;
         }
     }
