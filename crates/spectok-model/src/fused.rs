@@ -26,14 +26,43 @@ fn rows_per_task(n: usize) -> usize {
     (TASK_ELEMENTS / n.max(1)).max(1)
 }
 
+/// A new vector of `n` values built on rayon's threads: each block of
+/// `step` values is zeroed by its own task and then filled by
+/// `f(block index, block)`. The zero fill, which `vec![0; n]` does as one
+/// serial pass (calloc reuses freed memory) while the other cores wait,
+/// happens beside its use, block by block.
+fn par_new(n: usize, step: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(step.max(1))
+        .enumerate()
+        .for_each(|(i, block)| {
+            for v in block.iter_mut() {
+                v.write(0.0);
+            }
+            // SAFETY: every element of `block` was initialised just above;
+            // MaybeUninit<f32> has f32's layout.
+            let block = unsafe {
+                std::slice::from_raw_parts_mut(block.as_mut_ptr().cast::<f32>(), block.len())
+            };
+            f(i, block);
+        });
+    // SAFETY: the tasks initialised all `n` values (the chunks cover
+    // `..n`).
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// `n` zeros, written in parallel (see [`par_new`]).
+fn par_zeros(n: usize) -> Vec<f32> {
+    par_new(n, TASK_ELEMENTS * 16, |_, _| {})
+}
+
 /// `f(out, x)` over blocks of `step` values of `x` (whole rows when `step`
 /// is a multiple of the row width), blocks split over rayon.
 fn map_blocks(x: &[f32], step: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(step.max(1))
-        .zip(x.par_chunks(step.max(1)))
-        .for_each(|(o, x)| f(o, x));
-    out
+    let step = step.max(1);
+    par_new(x.len(), step, |i, o| f(o, &x[i * step..i * step + o.len()]))
 }
 
 /// [`map_blocks`] over two inputs of the same length.
@@ -43,11 +72,13 @@ fn map_blocks2(
     step: usize,
     f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(step.max(1))
-        .zip(x.par_chunks(step.max(1)).zip(y.par_chunks(step.max(1))))
-        .for_each(|(o, (x, y))| f(o, x, y));
-    out
+    let step = step.max(1);
+    par_new(x.len(), step, |i, o| {
+        let r = i * step..i * step + o.len();
+        // A shorter `y` ends the pairs early (as zipped chunks would).
+        let ry = r.start.min(y.len())..r.end.min(y.len());
+        f(o, &x[r], &y[ry])
+    })
 }
 
 /// Whether the fused kernels are used (on by default).
@@ -270,21 +301,18 @@ impl CustomOp2 for SoftmaxWithBias {
         // Rows of one batch element share its bias row.
         let rows_per_batch = (x.len() / n.max(1)) / batch.max(1);
         let step = n * rows_per_task(n);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(step)
-            .zip(x.par_chunks(step))
-            .enumerate()
-            .for_each(|(block, (o, x))| {
-                let first_row = block * (step / n.max(1));
-                for (r, (o, x)) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)).enumerate() {
-                    let b = (first_row + r) / rows_per_batch.max(1);
-                    let bias = &bias[b * n..(b + 1) * n];
-                    for ((o, &x), &c) in o.iter_mut().zip(x).zip(bias) {
-                        *o = self.scale * x + c;
-                    }
-                    softmax_in_place(o);
+        let out = par_new(x.len(), step, |block, o| {
+            let x = &x[block * step..block * step + o.len()];
+            let first_row = block * (step / n.max(1));
+            for (r, (o, x)) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)).enumerate() {
+                let b = (first_row + r) / rows_per_batch.max(1);
+                let bias = &bias[b * n..(b + 1) * n];
+                for ((o, &x), &c) in o.iter_mut().zip(x).zip(bias) {
+                    *o = self.scale * x + c;
                 }
-            });
+                softmax_in_place(o);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -427,7 +455,7 @@ impl CustomOp3 for LayerNormBackward {
         let dy = values(self.name(), s3, l3)?;
         let n = last_dim(l1);
         let total = x.len();
-        let mut out = vec![0f32; total + 2 * n];
+        let mut out = par_zeros(total + 2 * n);
         let (dx, rest) = out.split_at_mut(total);
         let step = n * rows_per_task(n);
         let (dw, db) = dx

@@ -20,7 +20,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor}
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::{softmax_in_place, values};
+use super::{par_zeros, softmax_in_place, values};
 
 /// Most logits one task holds at once at inference (queries are taken in
 /// blocks of rows): 2²² f32 values, 16 MiB.
@@ -181,7 +181,7 @@ impl Attention {
     /// All softmax weights `(B, H, Sq, Sk)`.
     fn all_weights(&self, dims: Dims, q: &[f32], k: &[f32]) -> Vec<f32> {
         let Dims { sq, sk, heads, .. } = dims;
-        let mut p = vec![0f32; dims.b * heads * sq * sk];
+        let mut p = par_zeros(dims.b * heads * sq * sk);
         p.par_chunks_mut((sq * sk).max(1))
             .enumerate()
             .for_each(|(pair, p)| {
@@ -223,7 +223,7 @@ impl CustomOp3 for Attention {
             heads,
         } = dims;
         let dh = dims.head_dim();
-        let mut out = vec![0f32; b * sq * d];
+        let mut out = par_zeros(b * sq * d);
         let dst = Out(out.as_mut_ptr());
         let kept = self.keep.then(|| self.all_weights(dims, q, k));
         (0..b * heads).into_par_iter().for_each(|pair| {
@@ -317,9 +317,9 @@ impl CustomOp3 for Attention {
             heads,
         } = dims;
         let dh = dims.head_dim();
-        let mut dq = vec![0f32; b * sq * d];
-        let mut dk = vec![0f32; b * sk * d];
-        let mut dv = vec![0f32; b * sk * d];
+        let mut dq = par_zeros(b * sq * d);
+        let mut dk = par_zeros(b * sk * d);
+        let mut dv = par_zeros(b * sk * d);
         let (dq_p, dk_p, dv_p) = (
             Out(dq.as_mut_ptr()),
             Out(dk.as_mut_ptr()),

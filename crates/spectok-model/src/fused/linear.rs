@@ -22,11 +22,10 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use gemm::{gemm, Parallelism};
-use rayon::prelude::*;
 
 use super::{
-    gelu_block, gelu_grad_block, last_dim, map_blocks, map_blocks2, rows_per_task, values, SumRows,
-    TASK_ELEMENTS,
+    gelu_block, gelu_grad_block, last_dim, map_blocks, map_blocks2, par_new, rows_per_task, values,
+    SumRows, TASK_ELEMENTS,
 };
 
 /// `y = x Wᵀ (+ b)` with `x (…, in)`, `W (out, in)`, `b (out)`, or
@@ -130,18 +129,19 @@ fn product_onto_bias(
         );
     }
     let rows: usize = xl.dims().iter().rev().skip(1).product();
-    let mut y = vec![0f32; rows * out];
     if let Some(b) = bias {
         if b.len() != out {
             candle_core::bail!("{name}: bias width {} differs from {out}", b.len());
         }
-        y.par_chunks_mut(out.max(1) * rows_per_task(out))
-            .for_each(|block| {
-                block
-                    .chunks_exact_mut(out)
-                    .for_each(|r| r.copy_from_slice(b))
-            });
     }
+    // The output starts as the bias rows (or zeros), written in parallel.
+    let mut y = par_new(rows * out, out.max(1) * rows_per_task(out), |_, block| {
+        if let Some(b) = bias {
+            block
+                .chunks_exact_mut(out.max(1))
+                .for_each(|r| r.copy_from_slice(b));
+        }
+    });
     if rows > 0 && out > 0 && inp > 0 {
         // SAFETY: y holds rows × out values (row stride out), x rows × inp
         // (row stride inp), w out × inp read as Wᵀ (element (i, j) at
