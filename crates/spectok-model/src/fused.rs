@@ -159,19 +159,39 @@ fn exp(x: f32) -> f32 {
     er * f32::from_bits((n_int.wrapping_add(127) << 23) as u32)
 }
 
-/// Sum of a row in eight interleaved partial sums (the compiler keeps
+/// `Σ f(aᵢ, bᵢ)` in eight interleaved partial sums (the compiler keeps
 /// them in one vector register; a single running sum cannot be
-/// vectorised without reordering it).
+/// vectorised without reordering it). Pairs end with the shorter slice.
 #[inline(always)]
-fn lane_sum(row: &[f32]) -> f32 {
+fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        for (a, v) in acc.iter_mut().zip(c) {
-            *a += v;
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s += f(x, y);
         }
     }
-    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| f(x, y))
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ f(xᵢ)` as [`lane_sum2`] does it.
+#[inline(always)]
+fn lane_sum_by(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    lane_sum2(x, x, |v, _| f(v))
+}
+
+/// Sum of a row as [`lane_sum2`] does it.
+#[inline(always)]
+fn lane_sum(row: &[f32]) -> f32 {
+    lane_sum_by(row, |v| v)
 }
 
 /// Replaces the logits of one row by their softmax.
@@ -239,7 +259,7 @@ impl CustomOp2 for SoftmaxBackward {
         let dx = map_blocks2(y, dy, n * rows_per_task(n), |dx, y, dy| {
             let rows = dx.chunks_exact_mut(n).zip(y.chunks_exact(n));
             for ((dx, y), dy) in rows.zip(dy.chunks_exact(n)) {
-                let dot: f32 = y.iter().zip(dy).map(|(y, d)| y * d).sum();
+                let dot = lane_sum2(y, dy, |y, d| y * d);
                 for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
                     *dx = self.scale * y * (dy - dot);
                 }
@@ -366,8 +386,8 @@ pub fn composite_layer_norm(
 /// Mean and 1/σ of one row.
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len().max(1) as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lane_sum(x) / n;
+    let var = lane_sum_by(x, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -471,18 +491,14 @@ impl CustomOp3 for LayerNormBackward {
                     .zip(dy.chunks_exact(n))
                 {
                     let (mean, rstd) = row_stats(x, self.eps);
-                    let mut mean_g = 0f32;
-                    let mut mean_gx = 0f32;
                     for i in 0..n {
                         let xhat = (x[i] - mean) * rstd;
                         g[i] = dy[i] * w[i];
-                        mean_g += g[i];
-                        mean_gx += g[i] * xhat;
                         dw[i] += dy[i] * xhat;
                         db[i] += dy[i];
                     }
-                    mean_g /= n as f32;
-                    mean_gx /= n as f32;
+                    let mean_g = lane_sum(&g) / n as f32;
+                    let mean_gx = lane_sum2(&g, x, |g, x| g * ((x - mean) * rstd)) / n as f32;
                     for i in 0..n {
                         let xhat = (x[i] - mean) * rstd;
                         dx[i] = (g[i] - mean_g - xhat * mean_gx) * rstd;

@@ -20,7 +20,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor}
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::{par_zeros, softmax_in_place, values};
+use super::{lane_sum2, par_zeros, softmax_in_place, values};
 
 /// Most logits one task holds at once at inference (queries are taken in
 /// blocks of rows): 2²² f32 values, 16 MiB.
@@ -358,7 +358,7 @@ impl CustomOp3 for Attention {
             }
             // dS = P ⊙ (dP − Σ dP ⊙ P), per row.
             for (ds, p) in ds.chunks_exact_mut(sk).zip(p.chunks_exact(sk)) {
-                let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
+                let dot = lane_sum2(ds, p, |a, b| a * b);
                 for (x, &y) in ds.iter_mut().zip(p) {
                     *x = y * (*x - dot);
                 }
