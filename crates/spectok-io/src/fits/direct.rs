@@ -175,9 +175,10 @@ impl Fits {
         // The column's cells gathered into one run of stored values, then
         // decoded by the type's whole-run loop (see `Value::decode_all`).
         let width = form.repeat.checked_mul(size)?;
+        let cell = offset..offset.checked_add(width)?;
         let mut packed = Vec::with_capacity(rows.len().checked_mul(width)?);
         for row in bytes.chunks_exact(row_bytes.max(1)).take(rows.len()) {
-            packed.extend_from_slice(row.get(offset..offset + width)?);
+            packed.extend_from_slice(row.get(cell.clone())?);
         }
         let out = T::decode_all(stored, &packed)?;
         (out.len() == rows.len() * form.repeat).then_some(out)
