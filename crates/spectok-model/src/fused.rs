@@ -135,9 +135,10 @@ struct Softmax;
 /// (libm's `expf` is a scalar call): Cephes' `expf` — `x = n ln 2 + r`
 /// with `n` rounded by the 1.5·2²³ shift, `r` by a two-part `ln 2`, a
 /// degree-6 polynomial for `eʳ`, and `2ⁿ` built in the exponent bits —
-/// within 2.5e-7 relative (test). The input is clamped to `[−87.3, 88.3]`, where `2ⁿ` stays
-/// a normal number: below, the result is `e^−87.3` (1.2e-38) instead of
-/// a subnormal or zero, above it is `e^88.3`; NaN stays NaN.
+/// within 2.5e-7 relative (test). The input is clamped to
+/// `[−87.3, 88.3]`, where `2ⁿ` stays a normal number: below, the result
+/// is `e^−87.3` (1.2e-38) instead of a subnormal or zero, above it is
+/// `e^88.3`; NaN stays NaN.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0; // 1.5 · 2²³
