@@ -85,29 +85,23 @@ impl Linear {
         }
         let kept = self.pre.lock().unwrap_or_else(|e| e.into_inner()).take();
         let pre = match kept {
-            Some(pre) => pre,
+            Some(pre) => Tensor::from_vec(pre, grad.shape(), grad.device())?,
+            // Taken by an earlier backward pass: the product again.
             None => {
-                let x = x.contiguous()?;
-                let b = bias.map(|b| b.contiguous()).transpose()?;
-                with_values(&x, |xv| {
-                    with_values(w, |wv| {
-                        let (xl, wl) = (x.layout(), w.layout());
-                        match &b {
-                            Some(b) => with_values(b, |bv| {
-                                product_onto_bias("spectok-linear", (xv, xl), (wv, wl), Some(bv))
-                            }),
-                            None => product_onto_bias("spectok-linear", (xv, xl), (wv, wl), None),
-                        }
-                    })
-                })?
-                .0
+                let (x, w, plain) = (x.contiguous()?, w.contiguous()?, Linear::plain());
+                match bias {
+                    Some(b) => x.apply_op3_no_bwd(&w, &b.contiguous()?, &plain)?,
+                    None => x.apply_op2_no_bwd(&w, &plain)?,
+                }
             }
         };
-        let dpre = with_values(&grad, |g| {
-            if g.len() != pre.len() {
-                candle_core::bail!("spectok-linear: gradient and pre-activation sizes differ");
-            }
-            Ok(map_blocks2(&pre, g, TASK_ELEMENTS, gelu_grad_block))
+        let dpre = with_values(&pre, |pre| {
+            with_values(&grad, |g| {
+                if g.len() != pre.len() {
+                    candle_core::bail!("spectok-linear: gradient and pre-activation sizes differ");
+                }
+                Ok(map_blocks2(pre, g, TASK_ELEMENTS, gelu_grad_block))
+            })
         })?;
         Tensor::from_vec(dpre, grad.shape(), grad.device())
     }
