@@ -230,8 +230,9 @@ impl WavelengthEncoding {
         let half = self.periods.len();
         let mut acc = vec![0f64; 2 * half];
         let (acc_sin, acc_cos) = acc.split_at_mut(half);
+        let shortest_period = shortest(&self.periods);
         for (&w, _) in patch.iter().zip(present.iter()).filter(|(_, &h)| h) {
-            if in_reach(w, &self.periods) {
+            if in_reach(w, shortest_period) {
                 for ((&period, s_acc), c_acc) in self
                     .periods
                     .iter()
@@ -260,6 +261,7 @@ impl WavelengthEncoding {
         }
         let centre = sum_w / count as f64;
         let kf = self.offset_periods.len();
+        let shortest_offset = shortest(&self.offset_periods);
         for ((&w, &h), px) in patch
             .iter()
             .zip(present.iter())
@@ -270,7 +272,7 @@ impl WavelengthEncoding {
             }
             let d = w - centre;
             let (px_sin, px_cos) = px.split_at_mut(kf);
-            let fast = in_reach(d, &self.offset_periods);
+            let fast = in_reach(d, shortest_offset);
             for ((&period, ps), pc) in self
                 .offset_periods
                 .iter()
@@ -399,13 +401,18 @@ const PIO2_1T: f64 = 6.077_100_506_506_192e-11;
 /// Where the two-part reduction by π/2 stays exact: |x| < 2²⁰·π/2.
 const REDUCTION_LIMIT: f64 = 1_647_099.0;
 
-/// Whether every phase `2π x / period` lies where [`sin_cos_reduced`]
-/// applies: the largest is that of the shortest period (a correctly
-/// rounded division is monotonic), and a NaN fails the test.
+/// Whether every phase `2π x / period` for periods of at least
+/// `shortest` lies where [`sin_cos_reduced`] applies: the largest is that
+/// of the shortest period (a correctly rounded division is monotonic),
+/// and a NaN fails the test.
 #[inline]
-fn in_reach(x: f64, periods: &[f64]) -> bool {
-    let shortest = periods.iter().copied().fold(f64::INFINITY, f64::min);
+fn in_reach(x: f64, shortest: f64) -> bool {
     (TAU * x.abs() / shortest) < REDUCTION_LIMIT
+}
+
+/// The shortest of `periods` (∞ for none).
+fn shortest(periods: &[f64]) -> f64 {
+    periods.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
 /// `(sin x, cos x)` of a wavelength phase, as `f64::sin_cos` within
