@@ -130,12 +130,17 @@ trait Value: Copy + Default {
     /// `None` as [`Value::decode`]. The common layouts have loops of their
     /// own (a byte swap a value, which the compiler vectorises).
     fn decode_all(stored: Stored, bytes: &[u8]) -> Option<Vec<Self>> {
-        let mut out = Vec::with_capacity(bytes.len() / stored.size().max(1));
-        for v in bytes.chunks_exact(stored.size()) {
-            out.push(Self::decode(stored, v)?);
-        }
-        Some(out)
+        decode_each(stored, bytes)
     }
+}
+
+/// [`Value::decode`] value by value.
+fn decode_each<T: Value>(stored: Stored, bytes: &[u8]) -> Option<Vec<T>> {
+    let mut out = Vec::with_capacity(bytes.len() / stored.size().max(1));
+    for v in bytes.chunks_exact(stored.size()) {
+        out.push(T::decode(stored, v)?);
+    }
+    Some(out)
 }
 
 /// The big-endian `N`-byte values of `bytes`, each mapped by `f`.
@@ -181,13 +186,7 @@ impl Value for f32 {
     fn decode_all(stored: Stored, bytes: &[u8]) -> Option<Vec<Self>> {
         match stored {
             Stored::F32 => Some(map_be(bytes, f32::from_be_bytes)),
-            _ => {
-                let mut out = Vec::with_capacity(bytes.len() / stored.size().max(1));
-                for v in bytes.chunks_exact(stored.size()) {
-                    out.push(Self::decode(stored, v)?);
-                }
-                Some(out)
-            }
+            _ => decode_each(stored, bytes),
         }
     }
 }
