@@ -12,6 +12,7 @@
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
 };
+use multiversion::multiversion;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -196,6 +197,7 @@ fn lane_sum(row: &[f32]) -> f32 {
 }
 
 /// Replaces the logits of one row by their softmax.
+#[multiversion(targets("x86_64+avx2+fma"))]
 fn softmax_in_place(row: &mut [f32]) {
     /// Below this, `exp` is under 2e-35 of the largest term: the term is
     /// taken as zero (a masked key's logit, −1e9, lands here).
@@ -385,11 +387,56 @@ pub fn composite_layer_norm(
 }
 
 /// Mean and 1/σ of one row.
+#[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len().max(1) as f32;
     let mean = lane_sum(x) / n;
     let var = lane_sum_by(x, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// LayerNorm of the rows (of the gain's width) of `x` into `o`.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn layer_norm_rows(o: &mut [f32], x: &[f32], (w, b): (&[f32], &[f32]), eps: f32) {
+    let n = w.len().max(1);
+    for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+        let (mean, rstd) = row_stats(x, eps);
+        for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+            *o = (x - mean) * rstd * w + b;
+        }
+    }
+}
+
+/// One block of rows of [`LayerNormBackward`]: `dx` of each row, and the
+/// rows' `dy ⊙ x̂` and `dy` added to `dw` and `db`; `g` is scratch of the
+/// width.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn layer_norm_backward_rows(
+    (dx, x, dy): (&mut [f32], &[f32], &[f32]),
+    w: &[f32],
+    eps: f32,
+    (dw, db, g): (&mut [f32], &mut [f32], &mut [f32]),
+) {
+    let n = w.len().max(1);
+    for ((dx, x), dy) in dx
+        .chunks_exact_mut(n)
+        .zip(x.chunks_exact(n))
+        .zip(dy.chunks_exact(n))
+    {
+        let (mean, rstd) = row_stats(x, eps);
+        for i in 0..n {
+            let xhat = (x[i] - mean) * rstd;
+            g[i] = dy[i] * w[i];
+            dw[i] += dy[i] * xhat;
+            db[i] += dy[i];
+        }
+        let mean_g = lane_sum(g) / n as f32;
+        let mean_gx = lane_sum2(g, x, |g, x| g * ((x - mean) * rstd)) / n as f32;
+        for i in 0..n {
+            let xhat = (x[i] - mean) * rstd;
+            dx[i] = (g[i] - mean_g - xhat * mean_gx) * rstd;
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -418,13 +465,9 @@ impl CustomOp3 for LayerNormOp {
         if w.len() != n || b.len() != n {
             candle_core::bail!("{}: gain/shift width differs from {n}", self.name());
         }
+        let eps = self.eps;
         let out = map_blocks(x, n * rows_per_task(n), |o, x| {
-            for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                let (mean, rstd) = row_stats(x, self.eps);
-                for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                    *o = (x - mean) * rstd * w + b;
-                }
-            }
+            layer_norm_rows(o, x, (w, b), eps)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -486,25 +529,7 @@ impl CustomOp3 for LayerNormBackward {
                 let mut dw = vec![0f32; n];
                 let mut db = vec![0f32; n];
                 let mut g = vec![0f32; n];
-                for ((dx, x), dy) in dx
-                    .chunks_exact_mut(n)
-                    .zip(x.chunks_exact(n))
-                    .zip(dy.chunks_exact(n))
-                {
-                    let (mean, rstd) = row_stats(x, self.eps);
-                    for i in 0..n {
-                        let xhat = (x[i] - mean) * rstd;
-                        g[i] = dy[i] * w[i];
-                        dw[i] += dy[i] * xhat;
-                        db[i] += dy[i];
-                    }
-                    let mean_g = lane_sum(&g) / n as f32;
-                    let mean_gx = lane_sum2(&g, x, |g, x| g * ((x - mean) * rstd)) / n as f32;
-                    for i in 0..n {
-                        let xhat = (x[i] - mean) * rstd;
-                        dx[i] = (g[i] - mean_g - xhat * mean_gx) * rstd;
-                    }
-                }
+                layer_norm_backward_rows((dx, x, dy), w, self.eps, (&mut dw, &mut db, &mut g));
                 (dw, db)
             })
             .reduce(
@@ -620,6 +645,14 @@ impl CustomOp2 for AddBias {
 /// Sums the rows of a tensor: `(…, n)` → `(n)`.
 struct SumRows;
 
+/// Adds every row (of `acc`'s width) of `block` to `acc`.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn add_rows(acc: &mut [f32], block: &[f32]) {
+    for row in block.chunks_exact(acc.len().max(1)) {
+        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+    }
+}
+
 impl CustomOp1 for SumRows {
     fn name(&self) -> &'static str {
         "spectok-sum-rows"
@@ -632,9 +665,7 @@ impl CustomOp1 for SumRows {
             .par_chunks(n * rows_per_task(n))
             .map(|block| {
                 let mut acc = vec![0f32; n];
-                for row in block.chunks_exact(n) {
-                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                }
+                add_rows(&mut acc, block);
                 acc
             })
             .reduce(
@@ -767,6 +798,7 @@ fn phi_cdf(x: f32) -> f32 {
 }
 
 /// `o = x Φ(x)` over a block.
+#[multiversion(targets("x86_64+avx2+fma"))]
 fn gelu_block(o: &mut [f32], x: &[f32]) {
     for (o, &x) in o.iter_mut().zip(x) {
         *o = x * phi_cdf(x);
@@ -774,6 +806,7 @@ fn gelu_block(o: &mut [f32], x: &[f32]) {
 }
 
 /// `dx = dy · (Φ(x) + x φ(x))` over a block.
+#[multiversion(targets("x86_64+avx2+fma"))]
 fn gelu_grad_block(dx: &mut [f32], x: &[f32], dy: &[f32]) {
     // 1/√(2π)
     const INV_SQRT_2PI: f32 = 0.398_942_3;

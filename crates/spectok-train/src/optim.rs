@@ -21,19 +21,21 @@
 //! exceeds it, every gradient is scaled by `grad_clip / norm`.
 //!
 //! On the CPU with f32 parameters (where [`spectok_model::fused`] applies)
-//! the update runs in place: one read pass per gradient for the norm and
-//! three in-place passes per parameter (`m`, `v`, `θ`), instead of a dozen
-//! tensor operations that each allocate a parameter-sized buffer. Other
-//! devices and dtypes take the tensor-operation path; both compute the
-//! same update (tested equal).
+//! the moments are plain vectors beside the parameter and the update is
+//! one pass over `θ`, `g`, `m` and `v` together (after one read pass over
+//! the gradients for the norm), instead of a dozen tensor operations that
+//! each allocate a parameter-sized buffer. Other devices and dtypes keep
+//! the moments as tensors and take the tensor-operation path; both compute
+//! the same update (tested equal).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{
-    CpuStorage, CustomOp1, DType, InplaceOp2, InplaceOp3, Layout, Shape, Tensor, Var,
-};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, Layout, Shape, Tensor, Var};
+use multiversion::multiversion;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -84,8 +86,16 @@ struct Param {
     name: String,
     var: Var,
     decay: bool,
-    m: Tensor,
-    v: Tensor,
+    moments: Moments,
+}
+
+/// A parameter's first and second moments, `m` and `v`.
+enum Moments {
+    /// f32 vectors updated in place with the parameter, in one pass
+    /// (f32 CPU parameters, when the fused kernels are on).
+    Host { m: Vec<f32>, v: Vec<f32> },
+    /// f32 tensors of the parameter's shape, for the tensor-operation path.
+    Tensors { m: Tensor, v: Tensor },
 }
 
 /// The optimiser: one `(m, v)` pair per named parameter.
@@ -107,16 +117,24 @@ impl AdamW {
         let mut params = params
             .into_iter()
             .map(|(name, var)| {
-                // Separate buffers: the moments are updated in place.
-                let m = Tensor::zeros(var.shape(), DType::F32, var.device())?;
-                let v = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                let moments = if in_place(var.as_tensor()) {
+                    let n = var.elem_count();
+                    Moments::Host {
+                        m: vec![0.0; n],
+                        v: vec![0.0; n],
+                    }
+                } else {
+                    Moments::Tensors {
+                        m: Tensor::zeros(var.shape(), DType::F32, var.device())?,
+                        v: Tensor::zeros(var.shape(), DType::F32, var.device())?,
+                    }
+                };
                 let decay = var.rank() >= 2;
                 Ok(Param {
                     name,
                     var,
                     decay,
-                    m,
-                    v,
+                    moments,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -201,64 +219,49 @@ impl AdamW {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
-            let theta = p.var.as_tensor();
-            if in_place(g) && in_place(theta) && in_place(&p.m) && in_place(&p.v) {
-                p.m.inplace_op2(
-                    g,
-                    &Moment {
-                        beta: b1,
-                        factor,
-                        square: false,
-                    },
-                )?;
-                p.v.inplace_op2(
-                    g,
-                    &Moment {
-                        beta: b2,
-                        factor,
-                        square: true,
-                    },
-                )?;
-                let decay = if p.decay && wd != 0.0 {
-                    1.0 - lr * wd
-                } else {
-                    1.0
-                };
-                theta.inplace_op3(
-                    &p.m,
-                    &p.v,
-                    &Update {
-                        decay,
-                        lr,
-                        bc1,
-                        bc2,
-                        eps: self.cfg.eps,
-                    },
-                )?;
-                continue;
+            let decay = if p.decay && wd != 0.0 {
+                1.0 - lr * wd
+            } else {
+                1.0
+            };
+            match &mut p.moments {
+                Moments::Host { m, v } => {
+                    // The gradient of an f32 CPU parameter is f32 on the CPU.
+                    let g = g.contiguous()?;
+                    p.var.as_tensor().inplace_op2(
+                        &g,
+                        &Update {
+                            moments: Mutex::new((m, v)),
+                            betas: [b1, b2],
+                            factor,
+                            decay,
+                            lr,
+                            bc1,
+                            bc2,
+                            eps: self.cfg.eps,
+                        },
+                    )?;
+                }
+                Moments::Tensors { m, v } => {
+                    let g = g.to_dtype(DType::F32)?;
+                    let g = if factor != 1.0 {
+                        g.affine(factor, 0.0)?
+                    } else {
+                        g
+                    };
+                    *m = (m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
+                    *v = (v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
+                    let m_hat = m.affine(1.0 / bc1, 0.0)?;
+                    let denom = v
+                        .affine(1.0 / bc2, 0.0)?
+                        .sqrt()?
+                        .affine(1.0, self.cfg.eps)?;
+                    let update = (m_hat / denom)?;
+                    let theta = p.var.as_tensor().to_dtype(DType::F32)?.affine(decay, 0.0)?;
+                    let theta = (theta - update.affine(lr, 0.0)?)?;
+                    p.var.set(&theta.to_dtype(p.var.dtype())?)?;
+                }
             }
-            let g = g.to_dtype(DType::F32)?;
-            let g = if factor != 1.0 {
-                g.affine(factor, 0.0)?
-            } else {
-                g
-            };
-            p.m = (p.m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
-            p.v = (p.v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
-            let m_hat = p.m.affine(1.0 / bc1, 0.0)?;
-            let denom =
-                p.v.affine(1.0 / bc2, 0.0)?
-                    .sqrt()?
-                    .affine(1.0, self.cfg.eps)?;
-            let update = (m_hat / denom)?;
-            let theta = p.var.as_tensor().to_dtype(DType::F32)?;
-            let theta = if p.decay && wd != 0.0 {
-                theta.affine(1.0 - lr * wd, 0.0)?
-            } else {
-                theta
-            };
-            let theta = (theta - update.affine(lr, 0.0)?)?;
-            p.var.set(&theta.to_dtype(p.var.dtype())?)?;
         }
         Ok(StepStats {
             grad_norm,
@@ -273,8 +276,15 @@ impl AdamW {
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for p in &self.params {
-            out.insert(format!("m.{}", p.name), p.m.copy()?);
-            out.insert(format!("v.{}", p.name), p.v.copy()?);
+            let (m, v) = match &p.moments {
+                Moments::Host { m, v } => (
+                    Tensor::from_slice(m, p.var.shape(), p.var.device())?,
+                    Tensor::from_slice(v, p.var.shape(), p.var.device())?,
+                ),
+                Moments::Tensors { m, v } => (m.copy()?, v.copy()?),
+            };
+            out.insert(format!("m.{}", p.name), m);
+            out.insert(format!("v.{}", p.name), v);
         }
         let device = self
             .params
@@ -337,10 +347,18 @@ impl AdamW {
                 }
                 Ok(t.to_dtype(DType::F32)?)
             };
-            // Own copies: the moments are updated in place.
-            let m = take("m")?.copy()?;
-            let v = take("v")?.copy()?;
-            restored.push((m, v));
+            let (m, v) = (take("m")?, take("v")?);
+            restored.push(match p.moments {
+                Moments::Host { .. } => Moments::Host {
+                    m: m.flatten_all()?.to_vec1()?,
+                    v: v.flatten_all()?.to_vec1()?,
+                },
+                // Own copies, as later steps replace them.
+                Moments::Tensors { .. } => Moments::Tensors {
+                    m: m.copy()?,
+                    v: v.copy()?,
+                },
+            });
         }
         if let Some(extra) = tensors.keys().min() {
             return Err(Error::checkpoint(
@@ -348,9 +366,8 @@ impl AdamW {
                 format!("tensor `{extra}` belongs to no parameter of this model"),
             ));
         }
-        for (p, (m, v)) in self.params.iter_mut().zip(restored) {
-            p.m = m;
-            p.v = v;
+        for (p, moments) in self.params.iter_mut().zip(restored) {
+            p.moments = moments;
         }
         self.step = step as u64;
         Ok(())
@@ -388,7 +405,8 @@ fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a m
     }
 }
 
-/// `Σ g²` of one gradient as a scalar tensor (accumulated in f64).
+/// `Σ g²` of one gradient as a scalar tensor (accumulated in f64, in
+/// eight interleaved partial sums per block so the loop vectorises).
 struct SumSquares;
 
 impl CustomOp1 for SumSquares {
@@ -398,60 +416,65 @@ impl CustomOp1 for SumSquares {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = slice(s, l)?;
-        let sum: f64 = g
-            .par_chunks(BLOCK)
-            .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
-            .sum();
+        let sum: f64 = g.par_chunks(BLOCK).map(sum_squares).sum();
         Ok((CpuStorage::F32(vec![sum as f32]), Shape::from(())))
     }
 }
 
-/// One moment in place: `m ← β m + (1 − β) f g` (or `(f g)²` for `v`).
-struct Moment {
-    beta: f64,
-    factor: f64,
-    square: bool,
-}
-
-impl InplaceOp2 for Moment {
-    fn name(&self) -> &'static str {
-        "adamw-moment"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<()> {
-        let g = slice(s2, l2)?;
-        let m = slice_mut(s1, l1)?;
-        if m.len() != g.len() {
-            candle_core::bail!("in-place AdamW: moment and gradient sizes differ");
+/// `Σ x²` of a block in f64, in eight interleaved partial sums.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn sum_squares(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut lanes = x.chunks_exact(8);
+    for x in &mut lanes {
+        for (a, &x) in acc.iter_mut().zip(x) {
+            *a += f64::from(x) * f64::from(x);
         }
-        let (beta, rest, f) = (
-            self.beta as f32,
-            (1.0 - self.beta) as f32,
-            self.factor as f32,
-        );
-        let square = self.square;
-        m.par_chunks_mut(BLOCK)
-            .zip(g.par_chunks(BLOCK))
-            .for_each(|(m, g)| {
-                for (m, &g) in m.iter_mut().zip(g) {
-                    let g = g * f;
-                    let g = if square { g * g } else { g };
-                    *m = *m * beta + g * rest;
-                }
-            });
-        Ok(())
+    }
+    let tail: f64 = lanes
+        .remainder()
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// The constants of one AdamW step, in f32.
+#[derive(Clone, Copy)]
+struct StepConstants {
+    b1: f32,
+    b2: f32,
+    r1: f32,
+    r2: f32,
+    f: f32,
+    decay: f32,
+    lr: f32,
+    ibc1: f32,
+    ibc2: f32,
+    eps: f32,
+}
+
+/// [`Update`] over one block of `θ`, `g`, `m`, `v`.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn update_block(t: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: StepConstants) {
+    for (((t, &g), m), v) in t.iter_mut().zip(g).zip(m).zip(v) {
+        let g = g * c.f;
+        *m = *m * c.b1 + g * c.r1;
+        *v = *v * c.b2 + (g * g) * c.r2;
+        let update = (*m * c.ibc1) / ((*v * c.ibc2).sqrt() + c.eps);
+        *t = *t * c.decay - c.lr * update;
     }
 }
 
-/// The parameter step in place:
+/// One AdamW step of a parameter in place, with its host moments, in one
+/// pass: for each element, with `g ← f g`,
+/// `m ← β₁ m + (1 − β₁) g`, `v ← β₂ v + (1 − β₂) g²`,
 /// `θ ← θ · decay − lr · (m / bc₁) / (√(v / bc₂) + ε)`.
-struct Update {
+struct Update<'a> {
+    /// `(m, v)`, borrowed for the step (the op is called through `&self`).
+    moments: Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+    betas: [f64; 2],
+    factor: f64,
     decay: f64,
     lr: f64,
     bc1: f64,
@@ -459,7 +482,7 @@ struct Update {
     eps: f64,
 }
 
-impl InplaceOp3 for Update {
+impl InplaceOp2 for Update<'_> {
     fn name(&self) -> &'static str {
         "adamw-update"
     }
@@ -470,27 +493,35 @@ impl InplaceOp3 for Update {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> candle_core::Result<()> {
-        let (m, v) = (slice(s2, l2)?, slice(s3, l3)?);
+        let g = slice(s2, l2)?;
         let theta = slice_mut(s1, l1)?;
-        if theta.len() != m.len() || theta.len() != v.len() {
-            candle_core::bail!("in-place AdamW: parameter and moment sizes differ");
+        let mut moments = self
+            .moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("in-place AdamW: moments poisoned".into()))?;
+        let (m, v) = &mut *moments;
+        if theta.len() != g.len() || theta.len() != m.len() || theta.len() != v.len() {
+            candle_core::bail!("in-place AdamW: parameter, gradient and moment sizes differ");
         }
-        let decay = self.decay as f32;
-        let lr = self.lr as f32;
-        let (ibc1, ibc2) = ((1.0 / self.bc1) as f32, (1.0 / self.bc2) as f32);
-        let eps = self.eps as f32;
+        let [b1, b2] = self.betas;
+        let c = StepConstants {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            r1: (1.0 - b1) as f32,
+            r2: (1.0 - b2) as f32,
+            f: self.factor as f32,
+            decay: self.decay as f32,
+            lr: self.lr as f32,
+            ibc1: (1.0 / self.bc1) as f32,
+            ibc2: (1.0 / self.bc2) as f32,
+            eps: self.eps as f32,
+        };
         theta
             .par_chunks_mut(BLOCK)
-            .zip(m.par_chunks(BLOCK).zip(v.par_chunks(BLOCK)))
-            .for_each(|(t, (m, v))| {
-                for ((t, &m), &v) in t.iter_mut().zip(m).zip(v) {
-                    let update = (m * ibc1) / ((v * ibc2).sqrt() + eps);
-                    *t = *t * decay - lr * update;
-                }
-            });
+            .zip(g.par_chunks(BLOCK))
+            .zip(m.par_chunks_mut(BLOCK).zip(v.par_chunks_mut(BLOCK)))
+            .for_each(|((t, g), (m, v))| update_block(t, g, m, v, c));
         Ok(())
     }
 }

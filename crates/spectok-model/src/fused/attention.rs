@@ -18,6 +18,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use gemm::{gemm, Parallelism};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::{lane_sum2, par_zeros, softmax_in_place, values};
@@ -122,12 +123,32 @@ fn weights(
             false,
         );
     }
-    let bias = &bias[b * sk..(b + 1) * sk];
-    for row in p.chunks_exact_mut(sk) {
+    softmax_rows_with_bias(p, &bias[b * sk..(b + 1) * sk]);
+}
+
+/// Each row of `p` (of `bias`'s width) replaced by `softmax(row + bias)`.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn softmax_rows_with_bias(p: &mut [f32], bias: &[f32]) {
+    for row in p.chunks_exact_mut(bias.len().max(1)) {
         for (x, &m) in row.iter_mut().zip(bias) {
             *x += m;
         }
         softmax_in_place(row);
+    }
+}
+
+/// The softmax's backward pass in place, row by row (of `p`'s rows of
+/// width `sk`): `ds ← p ⊙ (ds − Σ ds ⊙ p)`.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn softmax_grad_rows(ds: &mut [f32], p: &[f32], sk: usize) {
+    for (ds, p) in ds
+        .chunks_exact_mut(sk.max(1))
+        .zip(p.chunks_exact(sk.max(1)))
+    {
+        let dot = lane_sum2(ds, p, |a, b| a * b);
+        for (x, &y) in ds.iter_mut().zip(p) {
+            *x = y * (*x - dot);
+        }
     }
 }
 
@@ -357,12 +378,7 @@ impl CustomOp3 for Attention {
                 );
             }
             // dS = P ⊙ (dP − Σ dP ⊙ P), per row.
-            for (ds, p) in ds.chunks_exact_mut(sk).zip(p.chunks_exact(sk)) {
-                let dot = lane_sum2(ds, p, |a, b| a * b);
-                for (x, &y) in ds.iter_mut().zip(p) {
-                    *x = y * (*x - dot);
-                }
-            }
+            softmax_grad_rows(&mut ds, p, sk);
             unsafe {
                 // dQ = scale · dS K
                 mm(
