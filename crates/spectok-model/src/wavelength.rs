@@ -350,6 +350,30 @@ fn highest(freqs: &[f64]) -> f64 {
     freqs.iter().copied().fold(0.0, f64::max)
 }
 
+/// `put(out, sin, cos)` of the phase `x · ω` for each angular frequency
+/// `ω` and its output, `highest` being the largest `ω`: when every phase
+/// is in reach of [`sin_cos_reduced`], one loop of it (which vectorises),
+/// else libm's `sin_cos` for all.
+#[inline(always)]
+fn each_sin_cos<'a, O>(
+    x: f64,
+    highest: f64,
+    outs: impl Iterator<Item = (&'a f64, O)>,
+    put: impl Fn(O, f64, f64),
+) {
+    if in_reach(x, highest) {
+        for (&f, o) in outs {
+            let (s, c) = sin_cos_reduced(x * f);
+            put(o, s, c);
+        }
+    } else {
+        for (&f, o) in outs {
+            let (s, c) = sin_cos(x * f);
+            put(o, s, c);
+        }
+    }
+}
+
 /// Features of one patch into zeroed outputs `(pooled, offsets,
 /// present)`, for angular frequencies `(absolute, offset)`. Compiled for
 /// AVX2 too and chosen at run time: the loops over frequencies are
@@ -380,21 +404,11 @@ fn encode_patch(
     let (acc_sin, acc_cos) = acc.split_at_mut(half);
     let top = highest(freqs);
     for (&w, _) in patch.iter().zip(present.iter()).filter(|(_, &h)| h) {
-        // Two loops rather than a test per phase: the first vectorises.
-        let sums = freqs.iter().zip(acc_sin.iter_mut()).zip(acc_cos.iter_mut());
-        if in_reach(w, top) {
-            for ((&f, s_acc), c_acc) in sums {
-                let (s, c) = sin_cos_reduced(w * f);
-                *s_acc += s;
-                *c_acc += c;
-            }
-        } else {
-            for ((&f, s_acc), c_acc) in sums {
-                let (s, c) = sin_cos(w * f);
-                *s_acc += s;
-                *c_acc += c;
-            }
-        }
+        let sums = freqs.iter().zip(acc_sin.iter_mut().zip(acc_cos.iter_mut()));
+        each_sin_cos(w, top, sums, |(s_acc, c_acc), s, c| {
+            *s_acc += s;
+            *c_acc += c;
+        });
     }
     for (o, a) in pooled.iter_mut().zip(&acc) {
         *o = (a / count as f64) as f32;
@@ -414,21 +428,11 @@ fn encode_patch(
         let (px_sin, px_cos) = px.split_at_mut(kf);
         let outs = offset_freqs
             .iter()
-            .zip(px_sin.iter_mut())
-            .zip(px_cos.iter_mut());
-        if in_reach(d, top) {
-            for ((&f, ps), pc) in outs {
-                let (s, c) = sin_cos_reduced(d * f);
-                *ps = s as f32;
-                *pc = c as f32;
-            }
-        } else {
-            for ((&f, ps), pc) in outs {
-                let (s, c) = sin_cos(d * f);
-                *ps = s as f32;
-                *pc = c as f32;
-            }
-        }
+            .zip(px_sin.iter_mut().zip(px_cos.iter_mut()));
+        each_sin_cos(d, top, outs, |(ps, pc), s, c| {
+            *ps = s as f32;
+            *pc = c as f32;
+        });
     }
 }
 
