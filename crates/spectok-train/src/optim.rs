@@ -30,10 +30,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-
-use candle_core::backprop::GradStore;
 use std::sync::Mutex;
 
+use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, Layout, Shape, Tensor, Var};
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -228,17 +227,23 @@ impl AdamW {
                 Moments::Host { m, v } => {
                     // The gradient of an f32 CPU parameter is f32 on the CPU.
                     let g = g.contiguous()?;
+                    let c = StepConstants {
+                        b1: b1 as f32,
+                        b2: b2 as f32,
+                        r1: (1.0 - b1) as f32,
+                        r2: (1.0 - b2) as f32,
+                        f: factor as f32,
+                        decay: decay as f32,
+                        lr: lr as f32,
+                        ibc1: (1.0 / bc1) as f32,
+                        ibc2: (1.0 / bc2) as f32,
+                        eps: self.cfg.eps as f32,
+                    };
                     p.var.as_tensor().inplace_op2(
                         &g,
                         &Update {
                             moments: Mutex::new((m, v)),
-                            betas: [b1, b2],
-                            factor,
-                            decay,
-                            lr,
-                            bc1,
-                            bc2,
-                            eps: self.cfg.eps,
+                            c,
                         },
                     )?;
                 }
@@ -257,7 +262,12 @@ impl AdamW {
                         .sqrt()?
                         .affine(1.0, self.cfg.eps)?;
                     let update = (m_hat / denom)?;
-                    let theta = p.var.as_tensor().to_dtype(DType::F32)?.affine(decay, 0.0)?;
+                    let theta = p.var.as_tensor().to_dtype(DType::F32)?;
+                    let theta = if decay != 1.0 {
+                        theta.affine(decay, 0.0)?
+                    } else {
+                        theta
+                    };
                     let theta = (theta - update.affine(lr, 0.0)?)?;
                     p.var.set(&theta.to_dtype(p.var.dtype())?)?;
                 }
@@ -439,7 +449,8 @@ fn sum_squares(x: &[f32]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// The constants of one AdamW step, in f32.
+/// The constants of one AdamW step, in f32: `g` is scaled by `f`,
+/// `r₁ = 1 − β₁`, `r₂ = 1 − β₂`, `ibc = 1 / bc`.
 #[derive(Clone, Copy)]
 struct StepConstants {
     b1: f32,
@@ -473,13 +484,7 @@ fn update_block(t: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: StepC
 struct Update<'a> {
     /// `(m, v)`, borrowed for the step (the op is called through `&self`).
     moments: Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
-    betas: [f64; 2],
-    factor: f64,
-    decay: f64,
-    lr: f64,
-    bc1: f64,
-    bc2: f64,
-    eps: f64,
+    c: StepConstants,
 }
 
 impl InplaceOp2 for Update<'_> {
@@ -504,19 +509,7 @@ impl InplaceOp2 for Update<'_> {
         if theta.len() != g.len() || theta.len() != m.len() || theta.len() != v.len() {
             candle_core::bail!("in-place AdamW: parameter, gradient and moment sizes differ");
         }
-        let [b1, b2] = self.betas;
-        let c = StepConstants {
-            b1: b1 as f32,
-            b2: b2 as f32,
-            r1: (1.0 - b1) as f32,
-            r2: (1.0 - b2) as f32,
-            f: self.factor as f32,
-            decay: self.decay as f32,
-            lr: self.lr as f32,
-            ibc1: (1.0 / self.bc1) as f32,
-            ibc2: (1.0 / self.bc2) as f32,
-            eps: self.eps as f32,
-        };
+        let c = self.c;
         theta
             .par_chunks_mut(BLOCK)
             .zip(g.par_chunks(BLOCK))
