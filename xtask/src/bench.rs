@@ -375,9 +375,8 @@ pub fn run(args: Args) -> Result<()> {
 /// ops they replace, interleaved.
 fn breakdown(model: &Tokenizer, varmap: &candle_nn::VarMap, batch: &Batch) -> Result<()> {
     let encoding = spectok_model::WavelengthEncoding::new(model.config());
-    let prof = std::env::var_os("PROF_ONLY_FUSED").is_some();
-    for round in 0..if prof { 8 } else { 4 } {
-        let fused = prof || round % 2 == 0;
+    for round in 0..4 {
+        let fused = round % 2 == 0;
         spectok_model::fused::set_enabled(fused);
         let kernels = if fused { "fused" } else { "composite" };
         // The optimiser picks its path (one in-place pass, or tensor

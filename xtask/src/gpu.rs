@@ -30,7 +30,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use spectok_data::PrepareConfig;
 use spectok_model::{encoder_flops, train_step_flops, Tokenizer};
-use spectok_train::{AdamW, OptimConfig};
+use spectok_train::{named_vars, AdamW, OptimConfig};
 
 use crate::bench::{mark, model_config, python_json, read_prepared, repeat_batch, write_batch};
 
@@ -148,7 +148,7 @@ pub fn run(args: Args) -> Result<()> {
     let grads = out_mixed.loss.backward()?;
     let mut zero = Vec::new();
     let mut n_params = 0;
-    for (name, var) in named(&varmap) {
+    for (name, var) in named_vars(&varmap) {
         n_params += 1;
         match grads.get(var.as_tensor()) {
             Some(g) => {
@@ -184,7 +184,7 @@ pub fn run(args: Args) -> Result<()> {
     // Learning: mixed-precision AdamW steps on one batch.
     eprintln!("gpu-bench: mixed-precision steps on one batch");
     let mut opt = AdamW::new(
-        named(&varmap),
+        named_vars(&varmap),
         OptimConfig {
             lr: 1e-3,
             ..OptimConfig::default()
@@ -240,7 +240,7 @@ pub fn run(args: Args) -> Result<()> {
         })?;
         let (model, varmap) = Tokenizer::load(&ckpt, &device, weights)?;
         let model = model.with_compute_dtype(compute);
-        let mut opt = AdamW::new(named(&varmap), OptimConfig::default())?;
+        let mut opt = AdamW::new(named_vars(&varmap), OptimConfig::default())?;
         let train_s = time_mean(&device, args.reps, || {
             let o = model.loss(&big, None, true)?;
             let g = o.loss.backward()?;
@@ -360,14 +360,6 @@ fn list_files(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
-}
-
-/// The model's variables by name, sorted.
-fn named(varmap: &candle_nn::VarMap) -> Vec<(String, candle_core::Var)> {
-    let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
-    let mut v: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 /// Relative errors of `a` against `b`: `‖a − b‖₂ / ‖b‖₂` (the gate) and
