@@ -1041,6 +1041,10 @@ mod tests {
             (vec![7usize, 5], 3usize, true),
             (vec![2, 9, 33], 17, true),
             (vec![3, 4, 6], 8, false),
+            // A reduction over twice the output width and more: the
+            // forward reads a transposed copy of W (tiles of 32, the last
+            // one partial).
+            (vec![2, 40, 70], 9, true),
         ] {
             let inp = *x_shape.last().unwrap_or(&1);
             let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, x_shape.as_slice(), &dev)?)?;

@@ -22,6 +22,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
 
 use super::{
     gelu_block, gelu_grad_block, last_dim, map_blocks, map_blocks2, par_new, rows_per_task, values,
@@ -136,10 +137,19 @@ fn product_onto_bias(
                 .for_each(|r| r.copy_from_slice(b));
         }
     });
+    // A reduction much longer than the output (fc2) runs faster from a
+    // row-major Wᵀ than from W read by columns (gemm's AVX-512 kernels:
+    // 2048 → 512 at ~330 against ~450 GFLOP/s); the copy costs far less.
+    let transposed = (inp >= 2 * out && rows >= out).then(|| transpose(w, out, inp));
+    let (rhs, rhs_cs, rhs_rs) = match &transposed {
+        Some(wt) => (wt.as_slice(), 1, out as isize),
+        None => (w, inp as isize, 1),
+    };
     if rows > 0 && out > 0 && inp > 0 {
         // SAFETY: y holds rows × out values (row stride out), x rows × inp
-        // (row stride inp), w out × inp read as Wᵀ (element (i, j) at
-        // w[j·inp + i]); y is a fresh buffer, so nothing overlaps.
+        // (row stride inp), Wᵀ is read from w (element (i, j) at
+        // w[j·inp + i]) or from its row-major copy (at wt[i·out + j]); y is
+        // a fresh buffer, so nothing overlaps.
         unsafe {
             gemm(
                 rows,
@@ -152,9 +162,9 @@ fn product_onto_bias(
                 x.as_ptr(),
                 1,
                 inp as isize,
-                w.as_ptr(),
-                inp as isize,
-                1,
+                rhs.as_ptr(),
+                rhs_cs,
+                rhs_rs,
                 1.0,
                 1.0,
                 false,
@@ -170,6 +180,29 @@ fn product_onto_bias(
         None => candle_core::bail!("{name}: input has no dimensions"),
     }
     Ok((y, Shape::from(dims)))
+}
+
+/// `Wᵀ` (`inp × out`, row-major) of a row-major `out × inp` matrix, in
+/// tiles of rows of `Wᵀ` (each stays in cache while it fills) on rayon's
+/// threads.
+fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut wt = vec![0f32; inp * out];
+    wt.par_chunks_mut(TILE * out)
+        .enumerate()
+        .for_each(|(t, block)| {
+            let i0 = t * TILE;
+            let rows = block.len() / out.max(1);
+            // Row r of the tile is column i0 + r of W: each row of W gives
+            // one short contiguous run, written down a column of the tile.
+            for j in 0..out {
+                let src = &w[j * inp + i0..j * inp + i0 + rows];
+                for (r, &v) in src.iter().enumerate() {
+                    block[r * out + j] = v;
+                }
+            }
+        });
+    wt
 }
 
 /// Runs `f` on the contiguous f32 values of a CPU tensor.
