@@ -22,7 +22,6 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use gemm::{gemm, Parallelism};
-use rayon::prelude::*;
 
 use super::{
     gelu_block, gelu_grad_block, last_dim, map_blocks, map_blocks2, par_new, rows_per_task, values,
@@ -183,26 +182,22 @@ fn product_onto_bias(
 }
 
 /// `Wᵀ` (`inp × out`, row-major) of a row-major `out × inp` matrix, in
-/// tiles of rows of `Wᵀ` (each stays in cache while it fills) on rayon's
-/// threads.
+/// tiles of rows of `Wᵀ` (each stays in cache while it fills), made block
+/// by block on rayon's threads ([`par_new`]).
 fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
     const TILE: usize = 32;
-    let mut wt = vec![0f32; inp * out];
-    wt.par_chunks_mut(TILE * out)
-        .enumerate()
-        .for_each(|(t, block)| {
-            let i0 = t * TILE;
-            let rows = block.len() / out.max(1);
-            // Row r of the tile is column i0 + r of W: each row of W gives
-            // one short contiguous run, written down a column of the tile.
-            for j in 0..out {
-                let src = &w[j * inp + i0..j * inp + i0 + rows];
-                for (r, &v) in src.iter().enumerate() {
-                    block[r * out + j] = v;
-                }
+    par_new(inp * out, TILE * out.max(1), |t, block| {
+        let i0 = t * TILE;
+        let rows = block.len() / out.max(1);
+        // Row r of the tile is column i0 + r of W: each row of W gives one
+        // short contiguous run, written down a column of the tile.
+        for j in 0..out {
+            let src = &w[j * inp + i0..j * inp + i0 + rows];
+            for (r, &v) in src.iter().enumerate() {
+                block[r * out + j] = v;
             }
-        });
-    wt
+        }
+    })
 }
 
 /// Runs `f` on the contiguous f32 values of a CPU tensor.
