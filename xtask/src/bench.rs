@@ -193,6 +193,9 @@ pub fn run(args: Args) -> Result<()> {
         return breakdown(&model, &varmap, &batch);
     }
     let mut opt = AdamW::new(named_vars(&varmap), bench_optim())?;
+    // Embedding runs on an inference copy, as `spectok embed` does (its
+    // loader builds one): linear weights stored as Wᵀ.
+    let inference = model.for_inference()?;
     let (mut rs_embed, mut rs_train, mut py_embed, mut py_train) =
         (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
     let mut max_rel_err = f64::NAN;
@@ -200,7 +203,7 @@ pub fn run(args: Args) -> Result<()> {
     for _ in 0..rounds {
         peak = peak.max(gemm_peak(peak_reps)?);
         rs_embed = rs_embed.min(time_best(model_reps, || {
-            let enc = model.encode(&batch, false)?;
+            let enc = inference.encode(&batch, false)?;
             enc.pooled.sum_all()?.to_scalar::<f32>()?;
             Ok(())
         })?);
@@ -327,7 +330,7 @@ pub fn run(args: Args) -> Result<()> {
 
     // Cost vs tokens.
     eprintln!("bench: cost vs tokens");
-    tables.push(cost_vs_tokens(&model, &files, &prep, &cfg, rate_embed)?);
+    tables.push(cost_vs_tokens(&inference, &files, &prep, &cfg, rate_embed)?);
 
     // End to end.
     eprintln!("bench: end to end vs PyTorch+astropy");
@@ -381,6 +384,7 @@ pub fn run(args: Args) -> Result<()> {
 /// ops they replace, interleaved.
 fn breakdown(model: &Tokenizer, varmap: &candle_nn::VarMap, batch: &Batch) -> Result<()> {
     let encoding = spectok_model::WavelengthEncoding::new(model.config());
+    let inference = model.for_inference()?;
     for round in 0..4 {
         let fused = round % 2 == 0;
         spectok_model::fused::set_enabled(fused);
@@ -395,7 +399,7 @@ fn breakdown(model: &Tokenizer, varmap: &candle_nn::VarMap, batch: &Batch) -> Re
         std::hint::black_box(&features);
         let t_host = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
-        let enc = model.encode(batch, false)?;
+        let enc = inference.encode(batch, false)?;
         enc.pooled.sum_all()?.to_scalar::<f32>()?;
         let t_embed = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();

@@ -209,8 +209,10 @@ impl Tokenizer {
     /// records no operation for backpropagation, so each activation of a
     /// forward pass is freed as soon as it is used (with variables, all of
     /// them stay alive until the output is dropped — gigabytes for long
-    /// spectra). The same checks as [`Tokenizer::load`]: every weight
-    /// present with its shape, no other tensor.
+    /// spectra). Linear weights are stored as `Wᵀ` (see
+    /// [`Tokenizer::for_inference`]). The same checks as
+    /// [`Tokenizer::load`]: every weight present with its shape, no other
+    /// tensor.
     pub fn load_frozen(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let config = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&config).map_err(|e| Error::checkpoint(&config, e))?;
@@ -238,7 +240,7 @@ impl Tokenizer {
                 format!("unexpected tensor `{name}` (not part of this config's model)"),
             ));
         }
-        Ok(model)
+        model.for_inference()
     }
 }
 

@@ -38,6 +38,14 @@ impl QueryEmbedding {
         })
     }
 
+    /// A copy for inference (see [`crate::layers::Linear::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(QueryEmbedding {
+            wavelength: self.wavelength.for_inference()?,
+            offsets: self.offsets.for_inference()?,
+        })
+    }
+
     /// `pooled (B, T', 2F)`, `offsets (B, T', P·2K)` → `(B, T', D)`.
     pub fn forward(&self, pooled: &Tensor, offsets: &Tensor) -> Result<Tensor> {
         pooled.apply(&self.wavelength)? + offsets.apply(&self.offsets)?
@@ -65,6 +73,17 @@ impl DecoderBlock {
             norm2: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("norm2"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
             dropout: cfg.dropout,
+        })
+    }
+
+    /// A copy for inference (see [`crate::layers::Linear::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(DecoderBlock {
+            norm1: self.norm1.for_inference()?,
+            cross_attn: self.cross_attn.for_inference()?,
+            norm2: self.norm2.for_inference()?,
+            mlp: self.mlp.for_inference()?,
+            dropout: self.dropout,
         })
     }
 
@@ -107,6 +126,19 @@ impl CrossAttentionDecoder {
         })
     }
 
+    /// A copy for inference (see [`crate::layers::Linear::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(CrossAttentionDecoder {
+            query_embed: self.query_embed.for_inference()?,
+            blocks: self
+                .blocks
+                .iter()
+                .map(DecoderBlock::for_inference)
+                .collect::<Result<_>>()?,
+            norm: self.norm.for_inference()?,
+        })
+    }
+
     /// Target features `pooled`, `offsets` (as in
     /// [`QueryEmbedding::forward`]) attend to `memory (B, S, D)` under
     /// `memory_mask (B, S)`; returns the decoded queries `(B, T', D)`.
@@ -138,6 +170,13 @@ impl ReconstructionHead {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         Ok(ReconstructionHead {
             proj: linear(cfg.d_model, cfg.patch_size, true, vb.pp("proj"))?,
+        })
+    }
+
+    /// A copy for inference (see [`crate::layers::Linear::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(ReconstructionHead {
+            proj: self.proj.for_inference()?,
         })
     }
 }

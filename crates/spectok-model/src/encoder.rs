@@ -33,6 +33,15 @@ impl PatchEmbedding {
         })
     }
 
+    /// A copy for inference (see [`crate::layers::Linear::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(PatchEmbedding {
+            signal: self.signal.for_inference()?,
+            wavelength: self.wavelength.for_inference()?,
+            offsets: self.offsets.for_inference()?,
+        })
+    }
+
     /// `signal (B, T, 3P)`, `pooled (B, T, 2F)`, `offsets (B, T, P·2K)` →
     /// `(B, T, D)`.
     pub fn forward(&self, signal: &Tensor, pooled: &Tensor, offsets: &Tensor) -> Result<Tensor> {
@@ -55,6 +64,13 @@ impl ScaleEmbedding {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         Ok(ScaleEmbedding {
             proj: linear(1, cfg.d_model, true, vb.pp("proj"))?,
+        })
+    }
+
+    /// A copy for inference (see [`crate::layers::Linear::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(ScaleEmbedding {
+            proj: self.proj.for_inference()?,
         })
     }
 
@@ -85,6 +101,17 @@ impl EncoderBlock {
             norm2: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("norm2"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
             dropout: cfg.dropout,
+        })
+    }
+
+    /// A copy for inference (see [`crate::layers::Linear::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(EncoderBlock {
+            norm1: self.norm1.for_inference()?,
+            attn: self.attn.for_inference()?,
+            norm2: self.norm2.for_inference()?,
+            mlp: self.mlp.for_inference()?,
+            dropout: self.dropout,
         })
     }
 
@@ -122,6 +149,17 @@ impl Encoder {
             blocks,
             norm: LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("norm"))?,
             dropout: cfg.dropout,
+        })
+    }
+
+    /// A copy for inference (see [`crate::layers::Linear::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Encoder {
+            patch_embed: self.patch_embed.for_inference()?,
+            scale_embed: self.scale_embed.for_inference()?,
+            blocks: blocks_for_inference(&self.blocks)?,
+            norm: self.norm.for_inference()?,
+            dropout: self.dropout,
         })
     }
 
@@ -264,6 +302,15 @@ impl EncoderTail {
         })
     }
 
+    /// A copy for inference (see [`crate::layers::Linear::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(EncoderTail {
+            from: self.from,
+            blocks: blocks_for_inference(&self.blocks)?,
+            norm: self.norm.for_inference()?,
+        })
+    }
+
     /// The index of the first block (the number of blocks before it).
     pub fn from_block(&self) -> usize {
         self.from
@@ -288,4 +335,9 @@ impl EncoderTail {
         }
         self.norm.forward_t(&xs, train)
     }
+}
+
+/// Inference copies of `blocks`.
+fn blocks_for_inference(blocks: &[EncoderBlock]) -> Result<Vec<EncoderBlock>> {
+    blocks.iter().map(EncoderBlock::for_inference).collect()
 }

@@ -73,6 +73,15 @@ impl Fsq {
         })
     }
 
+    /// A copy for inference (see [`crate::layers::Linear::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Fsq {
+            proj_in: self.proj_in.for_inference()?,
+            proj_out: self.proj_out.for_inference()?,
+            ..self.clone()
+        })
+    }
+
     /// Levels per code dimension.
     pub fn levels(&self) -> &[u32] {
         &self.levels

@@ -5,6 +5,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::Config;
+use crate::fused::WeightLayout;
 
 /// Logit given to masked keys before the softmax. Finite, so a row whose
 /// keys are all masked gives a uniform (not NaN) distribution; the scale
@@ -26,7 +27,18 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
     } else {
         None
     };
-    Ok(Linear { weight, bias })
+    Ok(Linear {
+        weight,
+        bias,
+        layout: WeightLayout::OutIn,
+    })
+}
+
+/// A copy of `t` in storage of its own, outside any graph: what the
+/// inference copies of the layers ([`Linear::for_inference`] …) hold, so
+/// training the original leaves them as they were.
+pub(crate) fn snapshot(t: &Tensor) -> Result<Tensor> {
+    t.detach().copy()
 }
 
 /// A linear layer whose weights are cast to the input's dtype at each
@@ -36,19 +48,53 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
 /// cast is a no-op.
 #[derive(Clone, Debug)]
 pub struct Linear {
+    /// `W (out, in)`, or `Wᵀ (in, out)` in an inference copy.
     weight: Tensor,
     bias: Option<Tensor>,
+    layout: WeightLayout,
 }
 
 impl Linear {
-    /// The `(out, in)` weight matrix.
+    /// The weight matrix as stored: `W (out, in)`, or `Wᵀ (in, out)` in an
+    /// inference copy ([`Self::layout`] says which).
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// How [`Self::weight`] is stored.
+    pub fn layout(&self) -> WeightLayout {
+        self.layout
     }
 
     /// The bias, when the layer has one.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
+    }
+
+    /// A copy for inference: the weight stored as a row-major `Wᵀ (in,
+    /// out)` — the operand the CPU GEMMs run fastest from, which a layer
+    /// holding `W` copies into per call — and the bias copied, both in
+    /// storage of their own, outside any graph. Gradients still flow to
+    /// the layer's input.
+    pub fn for_inference(&self) -> Result<Linear> {
+        let weight = match self.layout {
+            WeightLayout::OutIn => crate::fused::transposed(&self.weight.detach())?,
+            WeightLayout::InOut => snapshot(&self.weight)?,
+        };
+        Ok(Linear {
+            weight,
+            bias: self.bias.as_ref().map(snapshot).transpose()?,
+            layout: WeightLayout::InOut,
+        })
+    }
+
+    /// `GELU(x Wᵀ + b)` as one fused op (f32 on the CPU, with a bias);
+    /// `None` where it does not apply.
+    pub fn forward_gelu(&self, xs: &Tensor) -> Result<Option<Tensor>> {
+        match &self.bias {
+            Some(b) => crate::fused::linear_gelu(xs, &self.weight, self.layout, b),
+            None => Ok(None),
+        }
     }
 }
 
@@ -56,7 +102,7 @@ impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // f32 on the CPU: one fused op (GEMM onto the bias, direct
         // backward; see `fused::linear`).
-        if let Some(ys) = crate::fused::linear(xs, &self.weight, self.bias.as_ref())? {
+        if let Some(ys) = crate::fused::linear(xs, &self.weight, self.layout, self.bias.as_ref())? {
             return Ok(ys);
         }
         // A strided input (e.g. from `Tensor::cat` along an inner
@@ -66,18 +112,22 @@ impl Module for Linear {
         let xs = &xs.contiguous()?;
         let dtype = xs.dtype();
         let weight = self.weight.to_dtype(dtype)?;
+        let weight_t = match self.layout {
+            WeightLayout::OutIn => weight.t()?,
+            WeightLayout::InOut => weight,
+        };
         // Leading dimensions folded into rows: one 2-D GEMM.
         let dims = xs.dims();
         let in_dim = dims.last().copied().unwrap_or(1);
         let rows = xs.elem_count() / in_dim.max(1);
-        let ys = xs.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
+        let ys = xs.reshape((rows, in_dim))?.matmul(&weight_t)?;
         let ys = match &self.bias {
             Some(b) => crate::fused::add_bias(&ys, &b.to_dtype(dtype)?)?,
             None => ys,
         };
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
-            *last = weight.dim(0)?;
+            *last = weight_t.dim(1)?;
         }
         ys.reshape(out_dims)
     }
@@ -112,6 +162,16 @@ impl LayerNorm {
 }
 
 impl LayerNorm {
+    /// A copy for inference: gain and shift in storage of their own,
+    /// outside any graph.
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: snapshot(&self.weight)?,
+            bias: snapshot(&self.bias)?,
+            eps: self.eps,
+        })
+    }
+
     /// Like [`Module::forward`]; outside training (`train == false`) an
     /// input of the weights' dtype takes candle's fused one-pass kernel
     /// (f32 on CPU; any float dtype on CUDA), which has no backward pass
@@ -151,13 +211,21 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// A copy for inference (see [`Linear::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Mlp {
+            fc1: self.fc1.for_inference()?,
+            fc2: self.fc2.for_inference()?,
+        })
+    }
+}
+
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // f32 on the CPU: fc1 and the GELU as one fused op.
-        if let Some(b) = self.fc1.bias() {
-            if let Some(h) = crate::fused::linear_gelu(xs, self.fc1.weight(), b)? {
-                return h.apply(&self.fc2);
-            }
+        if let Some(h) = self.fc1.forward_gelu(xs)? {
+            return h.apply(&self.fc2);
         }
         crate::fused::gelu_erf(&xs.apply(&self.fc1)?)?.apply(&self.fc2)
     }
@@ -233,6 +301,17 @@ impl Attention {
             heads: cfg.heads,
             head_dim: cfg.head_dim(),
             dropout: cfg.dropout,
+        })
+    }
+
+    /// A copy for inference (see [`Linear::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Attention {
+            q: self.q.for_inference()?,
+            k: self.k.for_inference()?,
+            v: self.v.for_inference()?,
+            out: self.out.for_inference()?,
+            ..self.clone()
         })
     }
 

@@ -142,6 +142,24 @@ impl Tokenizer {
         })
     }
 
+    /// A copy of the model for inference: every weight copied into
+    /// storage of its own, outside any graph (training this model
+    /// afterwards leaves the copy as it was), and each linear layer's
+    /// weight stored as `Wᵀ (in, out)`, the operand the CPU GEMMs run
+    /// fastest from — a trainable layer holds PyTorch's `W (out, in)` and
+    /// copies it into that layout at every call (see
+    /// [`crate::layers::Linear::for_inference`]). Outputs equal the
+    /// original's to float rounding.
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Tokenizer {
+            encoder: self.encoder.for_inference()?,
+            fsq: self.fsq.as_ref().map(Fsq::for_inference).transpose()?,
+            decoder: self.decoder.for_inference()?,
+            head: self.head.for_inference()?,
+            ..self.clone()
+        })
+    }
+
     /// The model's config.
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -458,10 +476,14 @@ fn pool(tokens: &Tensor, mask: &Tensor, scale: &Tensor) -> candle_core::Result<T
     let dtype = tokens.dtype();
     let m = mask.to_dtype(DType::F32)?;
     let n = m.sum_keepdim(1)?; // (B, 1)
-    let sum = tokens
-        .to_dtype(DType::F32)?
-        .broadcast_mul(&m.unsqueeze(2)?)?
-        .sum(1)?; // (B, D)
+                               // Σ_t mask·token as a batched product (B, 1, T) · (B, T, D): one pass
+                               // over the tokens, straight on their strided view (a broadcast
+                               // multiply and a sum over the middle dimension took two, the sum a
+                               // slow strided one).
+    let sum = m
+        .unsqueeze(1)?
+        .matmul(&tokens.to_dtype(DType::F32)?)?
+        .squeeze(1)?; // (B, D)
     let empty = n.eq(0f64)?.to_dtype(DType::F32)?;
     let sum = (sum + scale.to_dtype(DType::F32)?.broadcast_mul(&empty)?)?;
     sum.broadcast_div(&n.clamp(1f64, f64::INFINITY)?)?

@@ -379,7 +379,7 @@ fn each_sin_cos<'a, O>(
 /// AVX2 too and chosen at run time: the loops over frequencies are
 /// straight-line f64 arithmetic, four lanes wide there against two in
 /// the baseline x86-64 target (the same operations, so the same values).
-#[multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion(targets = "simd")]
 fn encode_patch(
     (freqs, offset_freqs): (&[f64], &[f64]),
     patch: &[f64],

@@ -2,7 +2,7 @@
 
 mod common;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use spectok_model::{
     device, dtype, forward_flops, train_step_flops, Config, Error, Tokenizer, WavelengthEncoding,
     CONFIG_FILE, WEIGHTS_FILE,
@@ -10,7 +10,7 @@ use spectok_model::{
 
 use common::{model, ragged_batch};
 
-fn bits(t: &candle_core::Tensor) -> Vec<u32> {
+fn bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all()
         .unwrap()
         .to_vec1::<f32>()
@@ -61,16 +61,26 @@ fn save_then_load_gives_bit_identical_outputs() {
             bits(&m.reconstruct(&batch).unwrap()),
             bits(&loaded.reconstruct(&batch).unwrap())
         );
-        // The inference loader builds the same model.
+        // The inference loader builds the same model; its linear weights
+        // are stored as Wᵀ, which the GEMMs sum in another order: equal to
+        // float rounding.
         let frozen = Tokenizer::load_frozen(dir.path(), &Device::Cpu, DType::F32).unwrap();
         let c = frozen.encode(&batch, false).unwrap();
-        assert_eq!(bits(&a.tokens), bits(&c.tokens));
-        assert_eq!(bits(&a.pooled), bits(&c.pooled));
-        assert_eq!(
-            bits(&m.reconstruct(&batch).unwrap()),
-            bits(&frozen.reconstruct(&batch).unwrap())
+        assert!(max_abs_diff(&a.tokens, &c.tokens) <= 1e-5);
+        assert!(max_abs_diff(&a.pooled, &c.pooled) <= 1e-5);
+        let (r, rf) = (
+            m.reconstruct(&batch).unwrap(),
+            frozen.reconstruct(&batch).unwrap(),
         );
+        assert!(max_abs_diff(&r, &rf) <= 1e-5);
     }
+}
+
+/// Largest absolute difference of two tensors of one shape.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+        .expect("same shapes")
 }
 
 /// The error of loading `dir`, the same from both loaders (trainable and

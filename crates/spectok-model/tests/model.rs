@@ -599,3 +599,62 @@ fn finishing_from_hidden_states_after_block_n_minus_k_equals_encode() {
         assert!(e.contains("encoder_layers"), "{e}");
     }
 }
+
+#[test]
+fn the_inference_copy_computes_the_same_and_ignores_later_training() {
+    use candle_nn::Optimizer;
+    let cfg = Config {
+        fsq_levels: vec![8, 5, 5],
+        ..Config::demo()
+    };
+    let (m, varmap) = model(&cfg, 31);
+    let inf = m.for_inference().unwrap();
+    let (specs, small) = ragged_batch(cfg.patch_size);
+    // 60 spectra × 8 rows: past the row count from which a trainable
+    // layer copies W into Wᵀ per call, so both products of the trained
+    // model are compared with the copy's.
+    let many: Vec<Spec> = specs.iter().cycle().take(60).cloned().collect();
+    let large = collate(&many, 0);
+    let diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let grid = WavelengthGrid::from_batch(&small);
+    let mut before = Vec::new();
+    for batch in [&small, &large] {
+        let (a, b) = (
+            m.encode(batch, false).unwrap(),
+            inf.encode(batch, false).unwrap(),
+        );
+        assert!(diff(&a.tokens, &b.tokens) <= TOL, "tokens");
+        assert!(diff(&a.pooled, &b.pooled) <= TOL, "pooled");
+        assert_eq!(
+            a.token_ids.map(|t| t.to_vec2::<u32>().unwrap()),
+            b.token_ids.map(|t| t.to_vec2::<u32>().unwrap()),
+        );
+        before.push(b.pooled);
+    }
+    let (a, b) = (
+        m.decode(&m.encode(&small, false).unwrap(), &grid, false)
+            .unwrap(),
+        inf.decode(&inf.encode(&small, false).unwrap(), &grid, false)
+            .unwrap(),
+    );
+    assert!(diff(&a, &b) <= TOL, "reconstruction");
+    // The copy's weights are its own: a training step of the original
+    // moves the original's outputs, not the copy's.
+    let mut sgd = candle_nn::SGD::new(varmap.all_vars(), 0.5).unwrap();
+    sgd.backward_step(&m.loss(&large, None, true).unwrap().loss)
+        .unwrap();
+    let moved = m.encode(&small, false).unwrap().pooled;
+    assert!(diff(&moved, &before[0]) > 1e-4, "the step changed nothing");
+    for (batch, was) in [&small, &large].into_iter().zip(&before) {
+        assert_eq!(diff(&inf.encode(batch, false).unwrap().pooled, was), 0.0);
+    }
+}

@@ -432,7 +432,7 @@ impl CustomOp1 for SumSquares {
 }
 
 /// `Σ x²` of a block in f64, in eight interleaved partial sums.
-#[multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion(targets = "simd")]
 fn sum_squares(x: &[f32]) -> f64 {
     let mut acc = [0f64; 8];
     let mut lanes = x.chunks_exact(8);
@@ -466,7 +466,7 @@ struct StepConstants {
 }
 
 /// [`Update`] over one block of `θ`, `g`, `m`, `v`.
-#[multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion(targets = "simd")]
 fn update_block(t: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: StepConstants) {
     for (((t, &g), m), v) in t.iter_mut().zip(g).zip(m).zip(v) {
         let g = g * c.f;

@@ -21,7 +21,7 @@ use gemm::{gemm, Parallelism};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::{lane_sum2, par_zeros, softmax_in_place, values};
+use super::{add_and_max, exp_and_sum, lane_sum2, par_zeros, values};
 
 /// Most logits one task holds at once at inference (queries are taken in
 /// blocks of rows): 2²² f32 values, 16 MiB.
@@ -126,20 +126,21 @@ fn weights(
     softmax_rows_with_bias(p, &bias[b * sk..(b + 1) * sk]);
 }
 
-/// Each row of `p` (of `bias`'s width) replaced by `softmax(row + bias)`.
-#[multiversion(targets("x86_64+avx2+fma"))]
+/// Each row of `p` (of `bias`'s width) replaced by `softmax(row + bias)`,
+/// in three passes over the row: the bias added as the maximum is found,
+/// the exponentials summed as they are written, then the scaling.
+#[multiversion(targets = "simd")]
 fn softmax_rows_with_bias(p: &mut [f32], bias: &[f32]) {
     for row in p.chunks_exact_mut(bias.len().max(1)) {
-        for (x, &m) in row.iter_mut().zip(bias) {
-            *x += m;
-        }
-        softmax_in_place(row);
+        let max = add_and_max(row, bias);
+        let inv = 1.0 / exp_and_sum(row, max);
+        row.iter_mut().for_each(|v| *v *= inv);
     }
 }
 
 /// The softmax's backward pass in place, row by row (of `p`'s rows of
 /// width `sk`): `ds ← p ⊙ (ds − Σ ds ⊙ p)`.
-#[multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion(targets = "simd")]
 fn softmax_grad_rows(ds: &mut [f32], p: &[f32], sk: usize) {
     for (ds, p) in ds
         .chunks_exact_mut(sk.max(1))

@@ -13,24 +13,35 @@
 //! node, one gradient buffer per input.
 //!
 //! The MLP's first layer also takes its GELU ([`super::linear_gelu`]): the
-//! activation is applied after the GEMM and the pre-activation kept for
-//! the backward pass, which multiplies the output gradient by GELU's
-//! derivative before the GEMMs — the `(rows × 4D)` pre-activation is no
-//! graph node of its own.
+//! activation is applied after the GEMM (in place when no backward pass
+//! needs the product) and the pre-activation kept for the backward pass,
+//! which multiplies the output gradient by GELU's derivative before the
+//! GEMMs — the `(rows × 4D)` pre-activation is no graph node of its own.
+//!
+//! The weight comes as `W (out, in)` (trained parameters) or as a
+//! row-major `Wᵀ (in, out)` (inference copies, [`WeightLayout`]). gemm's
+//! kernels run the forward product fastest from `Wᵀ`; a `W` whose
+//! reduction is at least as long as its output is copied into that
+//! layout per call. The backward pass reads `W` in either layout for
+//! `dX` (row-major `W` is its fast operand) and returns the weight's
+//! gradient in the weight's own layout.
 
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use gemm::{gemm, Parallelism};
 
+use rayon::prelude::*;
+
 use super::{
-    gelu_block, gelu_grad_block, last_dim, map_blocks, map_blocks2, par_new, rows_per_task, values,
-    SumRows, TASK_ELEMENTS,
+    gelu_block, gelu_grad_block, gelu_in_place, last_dim, map_blocks, map_blocks2, par_fill,
+    rows_per_task, values, SumRows, WeightLayout, TASK_ELEMENTS,
 };
 
-/// `y = x Wᵀ (+ b)` with `x (…, in)`, `W (out, in)`, `b (out)`, or
-/// `GELU(x Wᵀ + b)`.
+/// `y = x Wᵀ (+ b)` with `x (…, in)`, `W (out, in)` (or `Wᵀ (in, out)`),
+/// `b (out)`, or `GELU(x Wᵀ + b)`.
 pub(super) struct Linear {
+    layout: WeightLayout,
     gelu: bool,
     /// Keep the pre-activation for the backward pass (GELU only).
     keep: bool,
@@ -39,8 +50,9 @@ pub(super) struct Linear {
 
 impl Linear {
     /// `x Wᵀ (+ b)`.
-    pub(super) fn plain() -> Linear {
+    pub(super) fn plain(layout: WeightLayout) -> Linear {
         Linear {
+            layout,
             gelu: false,
             keep: false,
             pre: Mutex::new(None),
@@ -48,8 +60,9 @@ impl Linear {
     }
 
     /// `GELU(x Wᵀ + b)`, keeping the pre-activation when `keep`.
-    pub(super) fn with_gelu(keep: bool) -> Linear {
+    pub(super) fn with_gelu(layout: WeightLayout, keep: bool) -> Linear {
         Linear {
+            layout,
             gelu: true,
             keep,
             pre: Mutex::new(None),
@@ -58,14 +71,17 @@ impl Linear {
 
     /// The output from the product: GELU applied (the product kept for
     /// the backward pass when asked) or the product itself.
-    fn activate(&self, (y, shape): (Vec<f32>, Shape)) -> (CpuStorage, Shape) {
+    fn activate(&self, (mut y, shape): (Vec<f32>, Shape)) -> (CpuStorage, Shape) {
         if !self.gelu {
             return (CpuStorage::F32(y), shape);
         }
-        let out = map_blocks(&y, TASK_ELEMENTS, gelu_block);
-        if self.keep {
-            *self.pre.lock().unwrap_or_else(|e| e.into_inner()) = Some(y);
+        if !self.keep {
+            // Nothing keeps the product: GELU in place, no second buffer.
+            y.par_chunks_mut(TASK_ELEMENTS).for_each(gelu_in_place);
+            return (CpuStorage::F32(y), shape);
         }
+        let out = map_blocks(&y, TASK_ELEMENTS, gelu_block);
+        *self.pre.lock().unwrap_or_else(|e| e.into_inner()) = Some(y);
         (CpuStorage::F32(out), shape)
     }
 
@@ -88,7 +104,8 @@ impl Linear {
             Some(pre) => Tensor::from_vec(pre, grad.shape(), grad.device())?,
             // Taken by an earlier backward pass: the product again.
             None => {
-                let (x, w, plain) = (x.contiguous()?, w.contiguous()?, Linear::plain());
+                let (x, w) = (x.contiguous()?, w.contiguous()?);
+                let plain = Linear::plain(self.layout);
                 match bias {
                     Some(b) => x.apply_op3_no_bwd(&w, &b.contiguous()?, &plain)?,
                     None => x.apply_op2_no_bwd(&w, &plain)?,
@@ -112,10 +129,16 @@ impl Linear {
 fn product_onto_bias(
     name: &str,
     (x, xl): (&[f32], &Layout),
-    (w, wl): (&[f32], &Layout),
+    (w, wl, layout): (&[f32], &Layout, WeightLayout),
     bias: Option<&[f32]>,
 ) -> Result<(Vec<f32>, Shape)> {
-    let (out, inp) = wl.shape().dims2()?;
+    let (out, inp) = match layout {
+        WeightLayout::OutIn => wl.shape().dims2()?,
+        WeightLayout::InOut => {
+            let (inp, out) = wl.shape().dims2()?;
+            (out, inp)
+        }
+    };
     if last_dim(xl) != inp {
         candle_core::bail!(
             "{name}: input width {} differs from the weight's {inp}",
@@ -128,27 +151,41 @@ fn product_onto_bias(
             candle_core::bail!("{name}: bias width {} differs from {out}", b.len());
         }
     }
-    // The output starts as the bias rows (or zeros), written in parallel.
-    let mut y = par_new(rows * out, out.max(1) * rows_per_task(out), |_, block| {
-        if let Some(b) = bias {
-            block
-                .chunks_exact_mut(out.max(1))
-                .for_each(|r| r.copy_from_slice(b));
-        }
-    });
-    // A reduction much longer than the output (fc2) runs faster from a
-    // row-major Wᵀ than from W read by columns (gemm's AVX-512 kernels:
-    // 2048 → 512 at ~330 against ~450 GFLOP/s); the copy costs far less.
-    let transposed = (inp >= 2 * out && rows >= out).then(|| transpose(w, out, inp));
-    let (rhs, rhs_cs, rhs_rs) = match &transposed {
-        Some(wt) => (wt.as_slice(), 1, out as isize),
-        None => (w, inp as isize, 1),
+    // With a bias the output starts as the bias rows, written in parallel,
+    // and the GEMM adds onto them; without one the GEMM writes every value
+    // without reading it, so the buffer needs no fill.
+    let mut y = match bias {
+        Some(b) => par_fill(rows * out, out.max(1) * rows_per_task(out), |_, block| {
+            for r in block.chunks_exact_mut(out.max(1)) {
+                for (d, &v) in r.iter_mut().zip(b) {
+                    d.write(v);
+                }
+            }
+        }),
+        // An empty reduction (no input columns): the product is zeros.
+        None if inp == 0 => vec![0f32; rows * out],
+        None => Vec::with_capacity(rows * out),
+    };
+    // gemm's kernels run `x·Wᵀ` much faster from a row-major Wᵀ than from
+    // W read by columns where the reduction is at least as long as the
+    // output (AVX-512, 1168 rows: 512 → 512 at ~460 against ~320 GFLOP/s,
+    // 2048 → 512 at ~410 against ~310; 512 → 2048 only ~455 against
+    // ~425). There a weight stored as W is copied into that layout per
+    // call: the copy costs ~0.2 ns a weight (read from memory), the
+    // GEMM's gain ~2 ps a weight and row, so it pays from about a hundred
+    // rows on.
+    let transposed = (layout == WeightLayout::OutIn && inp >= out && rows >= TRANSPOSE_FROM_ROWS)
+        .then(|| transpose(w, out, inp));
+    let (rhs, rhs_cs, rhs_rs) = match (&transposed, layout) {
+        (Some(wt), _) => (wt.as_slice(), 1, out as isize),
+        (None, WeightLayout::InOut) => (w, 1, out as isize),
+        (None, WeightLayout::OutIn) => (w, inp as isize, 1),
     };
     if rows > 0 && out > 0 && inp > 0 {
         // SAFETY: y holds rows × out values (row stride out), x rows × inp
-        // (row stride inp), Wᵀ is read from w (element (i, j) at
-        // w[j·inp + i]) or from its row-major copy (at wt[i·out + j]); y is
-        // a fresh buffer, so nothing overlaps.
+        // (row stride inp), Wᵀ is read from W (element (i, j) at
+        // w[j·inp + i]) or from a row-major Wᵀ (at [i·out + j]); y is a
+        // fresh buffer, so nothing overlaps.
         unsafe {
             gemm(
                 rows,
@@ -173,6 +210,12 @@ fn product_onto_bias(
             );
         }
     }
+    if y.len() != rows * out {
+        // SAFETY: only the unfilled buffer (no bias, inp > 0) gets here:
+        // the GEMM above ran and wrote all rows × out values (with read_dst
+        // false it writes without reading), or rows · out is zero.
+        unsafe { y.set_len(rows * out) };
+    }
     let mut dims = xl.dims().to_vec();
     match dims.last_mut() {
         Some(last) => *last = out,
@@ -181,23 +224,17 @@ fn product_onto_bias(
     Ok((y, Shape::from(dims)))
 }
 
-/// `Wᵀ` (`inp × out`, row-major) of a row-major `out × inp` matrix, in
-/// tiles of rows of `Wᵀ` (each stays in cache while it fills), made block
-/// by block on rayon's threads ([`par_new`]).
-fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    par_new(inp * out, TILE * out.max(1), |t, block| {
-        let i0 = t * TILE;
-        let rows = block.len() / out.max(1);
-        // Row r of the tile is column i0 + r of W: each row of W gives one
-        // short contiguous run, written down a column of the tile.
-        for j in 0..out {
-            let src = &w[j * inp + i0..j * inp + i0 + rows];
-            for (r, &v) in src.iter().enumerate() {
-                block[r * out + j] = v;
-            }
-        }
-    })
+/// Rows from which [`product_onto_bias`] multiplies by a row-major copy
+/// of `Wᵀ` rather than by `W` read by columns.
+const TRANSPOSE_FROM_ROWS: usize = 128;
+
+/// `Wᵀ` (`inp × out`, row-major) of a row-major `out × inp` matrix (the
+/// `transpose` crate's cache-blocked copy: ~0.3 ms for 512 × 2048 on one
+/// core, a tenth of a plain strided loop's time).
+pub(super) fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
+    let mut wt = vec![0f32; w.len()];
+    transpose::transpose(w, &mut wt, inp, out);
+    wt
 }
 
 /// Runs `f` on the contiguous f32 values of a CPU tensor.
@@ -260,23 +297,39 @@ fn parallelism() -> Parallelism {
     }
 }
 
-/// Gradients of `x`, `W` and (with a bias) `b` from the (contiguous)
-/// gradient of the product, each only where that input takes part in the
-/// graph.
+/// Gradients of `x`, the weight (in its layout) and (with a bias) `b`
+/// from the (contiguous) gradient of the product, each only where that
+/// input takes part in the graph.
 fn backward(
     x: &Tensor,
     w: &Tensor,
+    layout: WeightLayout,
     bias: Option<&Tensor>,
     grad: &Tensor,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    let (out, inp) = w.dims2()?;
+    let (out, inp) = match layout {
+        WeightLayout::OutIn => w.dims2()?,
+        WeightLayout::InOut => {
+            let (inp, out) = w.dims2()?;
+            (out, inp)
+        }
+    };
     let rows = grad.elem_count() / out.max(1);
     let dev = grad.device();
     let dx = if x.track_op() {
-        // dX (rows × in) = dY (rows × out) · W (out × in).
+        // dX (rows × in) = dY (rows × out) · W (out × in), W read from
+        // either layout.
+        let w_strides = match layout {
+            WeightLayout::OutIn => (inp, 1),
+            WeightLayout::InOut => (1, out),
+        };
         let v = with_values(grad, |g| {
             with_values(w, |w| {
-                Ok(product((rows, inp, out), (g, out, 1), (w, inp, 1)))
+                Ok(product(
+                    (rows, inp, out),
+                    (g, out, 1),
+                    (w, w_strides.0, w_strides.1),
+                ))
             })
         })?;
         Some(Tensor::from_vec(v, x.shape(), dev)?)
@@ -284,14 +337,18 @@ fn backward(
         None
     };
     let dw = if w.track_op() {
-        // dW (out × in) = dYᵀ (out × rows) · X (rows × in).
         let x = x.contiguous()?;
         let v = with_values(grad, |g| {
             with_values(&x, |x| {
-                Ok(product((out, inp, rows), (g, 1, out), (x, inp, 1)))
+                Ok(match layout {
+                    // dW (out × in) = dYᵀ (out × rows) · X (rows × in).
+                    WeightLayout::OutIn => product((out, inp, rows), (g, 1, out), (x, inp, 1)),
+                    // dWᵀ (in × out) = Xᵀ (in × rows) · dY (rows × out).
+                    WeightLayout::InOut => product((inp, out, rows), (x, 1, inp), (g, out, 1)),
+                })
             })
         })?;
-        Some(Tensor::from_vec(v, (out, inp), dev)?)
+        Some(Tensor::from_vec(v, w.shape(), dev)?)
     } else {
         None
     };
@@ -320,7 +377,7 @@ impl CustomOp3 for Linear {
         Ok(self.activate(product_onto_bias(
             name,
             (values(name, s1, l1)?, l1),
-            (values(name, s2, l2)?, l2),
+            (values(name, s2, l2)?, l2, self.layout),
             Some(values(name, s3, l3)?),
         )?))
     }
@@ -334,7 +391,7 @@ impl CustomOp3 for Linear {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = self.product_grad(x, w, Some(b), grad)?;
-        backward(x, w, Some(b), &grad)
+        backward(x, w, self.layout, Some(b), &grad)
     }
 }
 
@@ -354,7 +411,7 @@ impl CustomOp2 for Linear {
         Ok(self.activate(product_onto_bias(
             name,
             (values(name, s1, l1)?, l1),
-            (values(name, s2, l2)?, l2),
+            (values(name, s2, l2)?, l2, self.layout),
             None,
         )?))
     }
@@ -367,7 +424,7 @@ impl CustomOp2 for Linear {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = self.product_grad(x, w, None, grad)?;
-        let (dx, dw, _) = backward(x, w, None, &grad)?;
+        let (dx, dw, _) = backward(x, w, self.layout, None, &grad)?;
         Ok((dx, dw))
     }
 }
