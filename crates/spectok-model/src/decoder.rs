@@ -97,10 +97,19 @@ impl DecoderBlock {
         train: bool,
     ) -> Result<Tensor> {
         let h = self.norm1.forward_t(xs, train)?;
-        let h = self.cross_attn.forward(&h, memory, memory_mask, train)?;
-        let xs = (xs + dropout(&h, self.dropout, train)?)?;
-        let h = self.norm2.forward_t(&xs, train)?.apply(&self.mlp)?;
-        xs + dropout(&h, self.dropout, train)?
+        if train && self.dropout > 0.0 {
+            let h = self.cross_attn.forward(&h, memory, memory_mask, train)?;
+            let xs = (xs + dropout(&h, self.dropout, train)?)?;
+            let h = self.norm2.forward_t(&xs, train)?.apply(&self.mlp)?;
+            return xs + dropout(&h, self.dropout, train)?;
+        }
+        // No dropout: each residual add folded into the branch's last
+        // product where it can be.
+        let xs = self
+            .cross_attn
+            .forward_onto(&h, memory, memory_mask, xs, train)?;
+        self.mlp
+            .forward_onto(&self.norm2.forward_t(&xs, train)?, &xs)
     }
 }
 

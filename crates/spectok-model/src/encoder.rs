@@ -118,10 +118,17 @@ impl EncoderBlock {
     /// `xs (B, S, D)`, `key_mask (B, S)` u8 → `(B, S, D)`.
     pub fn forward(&self, xs: &Tensor, key_mask: &Tensor, train: bool) -> Result<Tensor> {
         let h = self.norm1.forward_t(xs, train)?;
-        let h = self.attn.forward(&h, &h, key_mask, train)?;
-        let xs = (xs + dropout(&h, self.dropout, train)?)?;
-        let h = self.norm2.forward_t(&xs, train)?.apply(&self.mlp)?;
-        xs + dropout(&h, self.dropout, train)?
+        if train && self.dropout > 0.0 {
+            let h = self.attn.forward(&h, &h, key_mask, train)?;
+            let xs = (xs + dropout(&h, self.dropout, train)?)?;
+            let h = self.norm2.forward_t(&xs, train)?.apply(&self.mlp)?;
+            return xs + dropout(&h, self.dropout, train)?;
+        }
+        // No dropout: each residual add folded into the branch's last
+        // product where it can be.
+        let xs = self.attn.forward_onto(&h, &h, key_mask, xs, train)?;
+        self.mlp
+            .forward_onto(&self.norm2.forward_t(&xs, train)?, &xs)
     }
 }
 

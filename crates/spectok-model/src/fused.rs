@@ -670,6 +670,34 @@ pub fn linear(
     }))
 }
 
+/// [`linear`] plus `residual` (the output's shape), the GEMM accumulating
+/// onto `b + residual`: the residual connection of a transformer block
+/// without a pass of its own. Only for a residual outside the graph
+/// (inference; a residual that needs a gradient is not an input of the
+/// op): `None` there, and wherever [`linear`] does not apply.
+pub fn linear_onto(
+    xs: &Tensor,
+    weight: &Tensor,
+    layout: WeightLayout,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+) -> Result<Option<Tensor>> {
+    let bias_fusable = match bias {
+        Some(b) => fusable(b),
+        None => true,
+    };
+    if !(fusable(xs) && fusable(weight) && bias_fusable && fusable(residual)) || residual.track_op()
+    {
+        return Ok(None);
+    }
+    let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
+    let op = linear::Linear::onto(layout, residual.contiguous()?);
+    Ok(Some(match bias {
+        Some(b) => xs.apply_op3(&weight, &b.contiguous()?, op)?,
+        None => xs.apply_op2(&weight, op)?,
+    }))
+}
+
 /// A 2-D tensor's transpose in storage of its own, row-major (a
 /// cache-blocked copy for f32 on the CPU, candle's strided copy
 /// elsewhere); outside any graph.
@@ -1250,6 +1278,57 @@ mod tests {
         let g = y.sum_all()?.backward()?;
         assert!(g.get(&x).is_none());
         assert!(g.get(&w).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn linear_onto_a_residual_equals_the_linear_plus_the_residual() -> Result<()> {
+        let dev = Device::Cpu;
+        for (rows, inp, out, bias, layout) in [
+            (5usize, 7usize, 3usize, true, WeightLayout::OutIn),
+            (5, 7, 3, false, WeightLayout::InOut),
+            (150, 9, 4, true, WeightLayout::OutIn),
+            (150, 9, 4, false, WeightLayout::OutIn),
+            (150, 4, 9, true, WeightLayout::InOut),
+            (3, 0, 4, false, WeightLayout::OutIn),
+        ] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, inp), &dev)?)?;
+            let w_shape = match layout {
+                WeightLayout::OutIn => (out, inp),
+                WeightLayout::InOut => (inp, out),
+            };
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, w_shape, &dev)?)?;
+            let b = bias.then(|| Tensor::randn(0f32, 1.0, out, &dev)).transpose()?;
+            let r = Tensor::randn(0f32, 1.0, (rows, out), &dev)?;
+            let case = format!("{rows}×{inp}→{out} {layout:?} bias {bias}");
+            let folded = linear_onto(x.as_tensor(), w.as_tensor(), layout, b.as_ref(), &r)?
+                .expect("a residual outside the graph is folded");
+            let plain = linear(x.as_tensor(), w.as_tensor(), layout, b.as_ref())?.expect("fused");
+            let d = (&folded - (plain + &r)?)?.abs()?.flatten_all()?.max(0)?;
+            assert!(d.to_scalar::<f32>()? < 1e-4, "{case}: value");
+            if inp == 0 {
+                continue;
+            }
+            // The weight and the input still get their gradients.
+            let g = folded.sum_all()?.backward()?;
+            let gp = linear(x.as_tensor(), w.as_tensor(), layout, b.as_ref())?
+                .expect("fused")
+                .sum_all()?
+                .backward()?;
+            for (name, v) in [("x", &x), ("w", &w)] {
+                let (a, c) = (g.get(v).expect("grad"), gp.get(v).expect("grad"));
+                let d = (a - c)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                assert!(d < 1e-4, "{case}: gradient of {name} off by {d}");
+            }
+        }
+        // A residual that needs a gradient is not folded.
+        let x = Tensor::randn(0f32, 1.0, (4, 3), &dev)?;
+        let w = Tensor::randn(0f32, 1.0, (2, 3), &dev)?;
+        let r = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 2), &dev)?)?;
+        assert!(linear_onto(&x, &w, WeightLayout::OutIn, None, r.as_tensor())?.is_none());
+        // A residual of another size is an error, not a wrong answer.
+        let r = Tensor::randn(0f32, 1.0, (3, 2), &dev)?;
+        assert!(linear_onto(&x, &w, WeightLayout::OutIn, None, &r).is_err());
         Ok(())
     }
 

@@ -88,6 +88,23 @@ impl Linear {
         })
     }
 
+    /// `x Wᵀ + b + residual` (`residual` of the output's shape). f32 on the
+    /// CPU with a residual outside the graph (inference): one fused op,
+    /// the GEMM accumulating onto `b + residual`, so the residual
+    /// connection costs no pass of its own; else the layer, then the add.
+    pub fn forward_onto(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        match crate::fused::linear_onto(
+            xs,
+            &self.weight,
+            self.layout,
+            self.bias.as_ref(),
+            residual,
+        )? {
+            Some(ys) => Ok(ys),
+            None => residual + self.forward(xs)?,
+        }
+    }
+
     /// `GELU(x Wᵀ + b)` as one fused op (f32 on the CPU, with a bias);
     /// `None` where it does not apply.
     pub fn forward_gelu(&self, xs: &Tensor) -> Result<Option<Tensor>> {
@@ -221,13 +238,25 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// `residual + mlp(xs)`, the add folded into `fc2` where it can be
+    /// (see [`Linear::forward_onto`]).
+    pub fn forward_onto(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.fc2.forward_onto(&self.hidden(xs)?, residual)
+    }
+
+    /// `GELU(fc1(xs))`: one fused op for f32 on the CPU.
+    fn hidden(&self, xs: &Tensor) -> Result<Tensor> {
+        match self.fc1.forward_gelu(xs)? {
+            Some(h) => Ok(h),
+            None => crate::fused::gelu_erf(&xs.apply(&self.fc1)?),
+        }
+    }
+}
+
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        // f32 on the CPU: fc1 and the GELU as one fused op.
-        if let Some(h) = self.fc1.forward_gelu(xs)? {
-            return h.apply(&self.fc2);
-        }
-        crate::fused::gelu_erf(&xs.apply(&self.fc1)?)?.apply(&self.fc2)
+        self.hidden(xs)?.apply(&self.fc2)
     }
 }
 
@@ -333,6 +362,41 @@ impl Attention {
         key_mask: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
+        self.attend(x_q, x_kv, key_mask, None, train)
+    }
+
+    /// `residual + forward(…)` (`residual` of the output's shape), the add
+    /// folded into the output projection where it can be (see
+    /// [`Linear::forward_onto`]); no dropout on the attention's output.
+    pub fn forward_onto(
+        &self,
+        x_q: &Tensor,
+        x_kv: &Tensor,
+        key_mask: &Tensor,
+        residual: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.attend(x_q, x_kv, key_mask, Some(residual), train)
+    }
+
+    /// The output projection of the heads' output, onto `residual` when
+    /// there is one.
+    fn project(&self, heads: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        match residual {
+            Some(r) => self.out.forward_onto(heads, r),
+            None => heads.apply(&self.out),
+        }
+    }
+
+    /// [`Self::forward`], or [`Self::forward_onto`] with a residual.
+    fn attend(
+        &self,
+        x_q: &Tensor,
+        x_kv: &Tensor,
+        key_mask: &Tensor,
+        residual: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         let (b, sq, d) = x_q.dims3()?;
         let sk = x_kv.dim(1)?;
         let (q, k, v) = (
@@ -348,7 +412,7 @@ impl Attention {
             if let Some(o) =
                 crate::fused::attention(&q, &k, &v, key_mask, self.heads, scale, train)?
             {
-                return o.apply(&self.out);
+                return self.project(&o, residual);
             }
         }
         let (q, k, v) = (
@@ -377,10 +441,7 @@ impl Attention {
         } else {
             attend_chunked(&q, &k, &v, &bias, scale, ATTENTION_CHUNK_LOGITS)?
         };
-        heads_out
-            .transpose(1, 2)?
-            .reshape((b, sq, d))?
-            .apply(&self.out)
+        self.project(&heads_out.transpose(1, 2)?.reshape((b, sq, d))?, residual)
     }
 }
 

@@ -42,6 +42,9 @@ use super::{
 /// `b (out)`, or `GELU(x Wᵀ + b)`.
 pub(super) struct Linear {
     layout: WeightLayout,
+    /// Added to the output (a tensor outside the graph, of the output's
+    /// shape): the GEMM accumulates onto it.
+    residual: Option<Tensor>,
     gelu: bool,
     /// Keep the pre-activation for the backward pass (GELU only).
     keep: bool,
@@ -53,9 +56,19 @@ impl Linear {
     pub(super) fn plain(layout: WeightLayout) -> Linear {
         Linear {
             layout,
+            residual: None,
             gelu: false,
             keep: false,
             pre: Mutex::new(None),
+        }
+    }
+
+    /// `x Wᵀ (+ b) + residual`, `residual` contiguous and outside the
+    /// graph.
+    pub(super) fn onto(layout: WeightLayout, residual: Tensor) -> Linear {
+        Linear {
+            residual: Some(residual),
+            ..Linear::plain(layout)
         }
     }
 
@@ -63,9 +76,18 @@ impl Linear {
     pub(super) fn with_gelu(layout: WeightLayout, keep: bool) -> Linear {
         Linear {
             layout,
+            residual: None,
             gelu: true,
             keep,
             pre: Mutex::new(None),
+        }
+    }
+
+    /// Runs `f` on the residual's values, if there is one.
+    fn with_residual<T>(&self, f: impl FnOnce(Option<&[f32]>) -> Result<T>) -> Result<T> {
+        match &self.residual {
+            Some(r) => with_values(r, |v| f(Some(v))),
+            None => f(None),
         }
     }
 
@@ -124,13 +146,14 @@ impl Linear {
     }
 }
 
-/// The product `x Wᵀ (+ b)` on contiguous values: the output starts as
-/// the bias (or zeros) and the GEMM accumulates onto it.
+/// The product `x Wᵀ (+ b) (+ residual)` on contiguous values: the output
+/// starts as the bias rows plus the residual (or either alone) and the
+/// GEMM accumulates onto it.
 fn product_onto_bias(
     name: &str,
     (x, xl): (&[f32], &Layout),
     (w, wl, layout): (&[f32], &Layout, WeightLayout),
-    bias: Option<&[f32]>,
+    (bias, residual): (Option<&[f32]>, Option<&[f32]>),
 ) -> Result<(Vec<f32>, Shape)> {
     let (out, inp) = match layout {
         WeightLayout::OutIn => wl.shape().dims2()?,
@@ -151,20 +174,50 @@ fn product_onto_bias(
             candle_core::bail!("{name}: bias width {} differs from {out}", b.len());
         }
     }
-    // With a bias the output starts as the bias rows, written in parallel,
-    // and the GEMM adds onto them; without one the GEMM writes every value
-    // without reading it, so the buffer needs no fill.
-    let mut y = match bias {
-        Some(b) => par_fill(rows * out, out.max(1) * rows_per_task(out), |_, block| {
+    if let Some(r) = residual {
+        if r.len() != rows * out {
+            candle_core::bail!(
+                "{name}: residual of {} values, the output has {}",
+                r.len(),
+                rows * out
+            );
+        }
+    }
+    // With a bias or a residual the output starts as their sum, written
+    // in parallel, and the GEMM adds onto it; without either the GEMM
+    // writes every value without reading it, so the buffer needs no fill.
+    let step = out.max(1) * rows_per_task(out);
+    let mut y = match (bias, residual) {
+        (Some(b), None) => par_fill(rows * out, step, |_, block| {
             for r in block.chunks_exact_mut(out.max(1)) {
                 for (d, &v) in r.iter_mut().zip(b) {
                     d.write(v);
                 }
             }
         }),
+        (b, Some(res)) => par_fill(rows * out, step, |i, block| {
+            let res = &res[i * step..i * step + block.len()];
+            match b {
+                Some(b) => {
+                    for (r, res) in block
+                        .chunks_exact_mut(out.max(1))
+                        .zip(res.chunks_exact(out.max(1)))
+                    {
+                        for ((d, &v), &b) in r.iter_mut().zip(res).zip(b) {
+                            d.write(v + b);
+                        }
+                    }
+                }
+                None => {
+                    for (d, &v) in block.iter_mut().zip(res) {
+                        d.write(v);
+                    }
+                }
+            }
+        }),
         // An empty reduction (no input columns): the product is zeros.
-        None if inp == 0 => vec![0f32; rows * out],
-        None => Vec::with_capacity(rows * out),
+        (None, None) if inp == 0 => vec![0f32; rows * out],
+        (None, None) => Vec::with_capacity(rows * out),
     };
     // gemm's kernels run `x·Wᵀ` much faster from a row-major Wᵀ than from
     // W read by columns where the reduction is at least as long as the
@@ -194,7 +247,7 @@ fn product_onto_bias(
                 y.as_mut_ptr(),
                 1,
                 out as isize,
-                bias.is_some(),
+                bias.is_some() || residual.is_some(),
                 x.as_ptr(),
                 1,
                 inp as isize,
@@ -374,12 +427,15 @@ impl CustomOp3 for Linear {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = CustomOp3::name(self);
-        Ok(self.activate(product_onto_bias(
-            name,
-            (values(name, s1, l1)?, l1),
-            (values(name, s2, l2)?, l2, self.layout),
-            Some(values(name, s3, l3)?),
-        )?))
+        let bias = values(name, s3, l3)?;
+        self.with_residual(|residual| {
+            Ok(self.activate(product_onto_bias(
+                name,
+                (values(name, s1, l1)?, l1),
+                (values(name, s2, l2)?, l2, self.layout),
+                (Some(bias), residual),
+            )?))
+        })
     }
 
     fn bwd(
@@ -408,12 +464,14 @@ impl CustomOp2 for Linear {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = CustomOp2::name(self);
-        Ok(self.activate(product_onto_bias(
-            name,
-            (values(name, s1, l1)?, l1),
-            (values(name, s2, l2)?, l2, self.layout),
-            None,
-        )?))
+        self.with_residual(|residual| {
+            Ok(self.activate(product_onto_bias(
+                name,
+                (values(name, s1, l1)?, l1),
+                (values(name, s2, l2)?, l2, self.layout),
+                (None, residual),
+            )?))
+        })
     }
 
     fn bwd(
