@@ -1298,7 +1298,9 @@ mod tests {
                 WeightLayout::InOut => (inp, out),
             };
             let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, w_shape, &dev)?)?;
-            let b = bias.then(|| Tensor::randn(0f32, 1.0, out, &dev)).transpose()?;
+            let b = bias
+                .then(|| Tensor::randn(0f32, 1.0, out, &dev))
+                .transpose()?;
             let r = Tensor::randn(0f32, 1.0, (rows, out), &dev)?;
             let case = format!("{rows}×{inp}→{out} {layout:?} bias {bias}");
             let folded = linear_onto(x.as_tensor(), w.as_tensor(), layout, b.as_ref(), &r)?

@@ -190,12 +190,15 @@ impl LayerNorm {
     }
 
     /// Like [`Module::forward`]; outside training (`train == false`) an
-    /// input of the weights' dtype takes candle's fused one-pass kernel
-    /// (f32 on CPU; any float dtype on CUDA), which has no backward pass
-    /// (training always uses the differentiable path).
+    /// input of the weights' dtype on CUDA takes candle's fused one-pass
+    /// kernel, which has no backward pass (training always uses the
+    /// differentiable path). On the CPU in f32 the project's own fused
+    /// kernel serves both (2.5× candle's at 1168 × 512: 0.10 against 0.25
+    /// ms).
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let fused_dtype = xs.dtype() == DType::F32 || xs.device().is_cuda();
-        if !train && fused_dtype && xs.dtype() == self.weight.dtype() {
+        if !crate::fused::applies(xs) && !train && fused_dtype && xs.dtype() == self.weight.dtype()
+        {
             let xs = xs.contiguous()?;
             return candle_nn::ops::layer_norm(&xs, &self.weight, &self.bias, self.eps as f32);
         }

@@ -58,6 +58,27 @@ impl Out {
     }
 }
 
+/// A buffer for `n` values that the products below write in full — each
+/// writes every value of its block without reading it — when their
+/// reduction (`k`) is not empty: left unfilled then (its length set by
+/// [`filled`] once they are done), zeros otherwise.
+fn unfilled(n: usize, k: usize) -> Vec<f32> {
+    if k == 0 {
+        vec![0f32; n]
+    } else {
+        Vec::with_capacity(n)
+    }
+}
+
+/// A buffer from [`unfilled`] with its `n` values.
+///
+/// # Safety
+/// The products have written all `n` values (or the buffer was zeroed).
+unsafe fn filled(mut v: Vec<f32>, n: usize) -> Vec<f32> {
+    v.set_len(n);
+    v
+}
+
 /// `dst (m × n) = beta · lhs (m × k) · rhs (k × n)` (or `+=` with
 /// `accumulate`), strides in elements as (row, column), single-threaded.
 ///
@@ -245,7 +266,7 @@ impl CustomOp3 for Attention {
             heads,
         } = dims;
         let dh = dims.head_dim();
-        let mut out = par_zeros(b * sq * d);
+        let mut out = unfilled(b * sq * d, sk);
         let dst = Out(out.as_mut_ptr());
         let kept = self.keep.then(|| self.all_weights(dims, q, k));
         (0..b * heads).into_par_iter().for_each(|pair| {
@@ -296,6 +317,10 @@ impl CustomOp3 for Attention {
         if let Some(p) = kept {
             *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
         }
+        // SAFETY: the (spectrum, head) pairs cover every row and, heads
+        // side by side, every column of the output (d = heads · dh); each
+        // pair's products wrote all of its rows (in blocks at inference).
+        let out = unsafe { filled(out, b * sq * d) };
         Ok((CpuStorage::F32(out), Shape::from((b, sq, d))))
     }
 
@@ -339,9 +364,9 @@ impl CustomOp3 for Attention {
             heads,
         } = dims;
         let dh = dims.head_dim();
-        let mut dq = par_zeros(b * sq * d);
-        let mut dk = par_zeros(b * sk * d);
-        let mut dv = par_zeros(b * sk * d);
+        let mut dq = unfilled(b * sq * d, sk);
+        let mut dk = unfilled(b * sk * d, sq);
+        let mut dv = unfilled(b * sk * d, sq);
         let (dq_p, dk_p, dv_p) = (
             Out(dq.as_mut_ptr()),
             Out(dk.as_mut_ptr()),
@@ -353,7 +378,7 @@ impl CustomOp3 for Attention {
             let p = &p[pair * sq * sk..(pair + 1) * sq * sk];
             let q0 = bi * sq * d + h * dh;
             let k0 = bi * sk * d + h * dh;
-            let mut ds = vec![0f32; sq * sk];
+            let mut ds = unfilled(sq * sk, dh);
             // SAFETY (all four products): this task alone writes the rows of
             // spectrum bi × columns h·dh..(h+1)·dh of dq, dk and dv; inputs
             // are read with row stride d from their head's first column;
@@ -378,6 +403,8 @@ impl CustomOp3 for Attention {
                     false,
                 );
             }
+            // SAFETY: the product above wrote all sq × sk values.
+            let mut ds = unsafe { filled(ds, sq * sk) };
             // dS = P ⊙ (dP − Σ dP ⊙ P), per row.
             softmax_grad_rows(&mut ds, p, sk);
             unsafe {
@@ -401,6 +428,15 @@ impl CustomOp3 for Attention {
                 );
             }
         });
+        // SAFETY: as in the forward pass, the pairs' products wrote every
+        // row and every head's columns of dq, dk and dv.
+        let (dq, dk, dv) = unsafe {
+            (
+                filled(dq, b * sq * d),
+                filled(dk, b * sk * d),
+                filled(dv, b * sk * d),
+            )
+        };
         let dev = q.device();
         Ok((
             Some(Tensor::from_vec(dq, (b, sq, d), dev)?),
