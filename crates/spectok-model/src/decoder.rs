@@ -48,7 +48,10 @@ impl QueryEmbedding {
 
     /// `pooled (B, T', 2F)`, `offsets (B, T', P·2K)` → `(B, T', D)`.
     pub fn forward(&self, pooled: &Tensor, offsets: &Tensor) -> Result<Tensor> {
-        pooled.apply(&self.wavelength)? + offsets.apply(&self.offsets)?
+        // The second map accumulates onto the first where it can (at
+        // inference; see `Linear::forward_onto`).
+        self.offsets
+            .forward_onto(offsets, &pooled.apply(&self.wavelength)?)
     }
 }
 

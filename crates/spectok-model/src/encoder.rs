@@ -45,9 +45,11 @@ impl PatchEmbedding {
     /// `signal (B, T, 3P)`, `pooled (B, T, 2F)`, `offsets (B, T, P·2K)` →
     /// `(B, T, D)`.
     pub fn forward(&self, signal: &Tensor, pooled: &Tensor, offsets: &Tensor) -> Result<Tensor> {
-        signal.apply(&self.signal)?
-            + pooled.apply(&self.wavelength)?
-            + offsets.apply(&self.offsets)?
+        // Each map accumulates onto the sum so far where it can (at
+        // inference; see `Linear::forward_onto`).
+        let e = signal.apply(&self.signal)?;
+        let e = self.wavelength.forward_onto(pooled, &e)?;
+        self.offsets.forward_onto(offsets, &e)
     }
 }
 
