@@ -658,3 +658,27 @@ fn the_inference_copy_computes_the_same_and_ignores_later_training() {
         assert_eq!(diff(&inf.encode(batch, false).unwrap().pooled, was), 0.0);
     }
 }
+
+#[test]
+fn the_inference_copy_of_a_bf16_model_computes_the_same() {
+    // bf16 takes the composite paths (no fused kernels): the copy's
+    // products read its Wᵀ where the original reads W transposed.
+    let cfg = Config::demo();
+    let (m, _) = Tokenizer::init(&cfg, &common::device(), DType::BF16, 32).unwrap();
+    let inf = m.for_inference().unwrap();
+    let (_, batch) = ragged_batch(cfg.patch_size);
+    let (a, b) = (
+        m.encode(&batch, false).unwrap().pooled,
+        inf.encode(&batch, false).unwrap().pooled,
+    );
+    assert_eq!(b.dtype(), DType::BF16);
+    let diff = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff <= 1e-2, "bf16 inference copy differs by {diff}");
+}
