@@ -8,7 +8,7 @@ use spectok_model::{
     CONFIG_FILE, WEIGHTS_FILE,
 };
 
-use common::{model, ragged_batch};
+use common::{model, ragged_batch, tensor_diff};
 
 fn bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all()
@@ -66,21 +66,14 @@ fn save_then_load_gives_bit_identical_outputs() {
         // float rounding.
         let frozen = Tokenizer::load_frozen(dir.path(), &Device::Cpu, DType::F32).unwrap();
         let c = frozen.encode(&batch, false).unwrap();
-        assert!(max_abs_diff(&a.tokens, &c.tokens) <= 1e-5);
-        assert!(max_abs_diff(&a.pooled, &c.pooled) <= 1e-5);
+        assert!(tensor_diff(&a.tokens, &c.tokens) <= 1e-5);
+        assert!(tensor_diff(&a.pooled, &c.pooled) <= 1e-5);
         let (r, rf) = (
             m.reconstruct(&batch).unwrap(),
             frozen.reconstruct(&batch).unwrap(),
         );
-        assert!(max_abs_diff(&r, &rf) <= 1e-5);
+        assert!(tensor_diff(&r, &rf) <= 1e-5);
     }
-}
-
-/// Largest absolute difference of two tensors of one shape.
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-        .expect("same shapes")
 }
 
 /// The error of loading `dir`, the same from both loaders (trainable and

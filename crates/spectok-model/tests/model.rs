@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use spectok_data::PatchState;
 use spectok_model::{Config, HiddenPatches, MaskScore, Tokenizer, WavelengthGrid};
 
-use common::{collate, max_diff, model, ragged_batch, rows, spectrum, Spec};
+use common::{collate, max_diff, model, ragged_batch, rows, spectrum, tensor_diff, Spec};
 
 const TOL: f32 = 1e-5;
 
@@ -414,18 +414,8 @@ fn dropout_only_in_training_mode() {
     let eval1 = m.encode(&batch, false).unwrap().pooled;
     let eval2 = m.encode(&batch, false).unwrap().pooled;
     let train = m.encode(&batch, true).unwrap().pooled;
-    let d = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    assert_eq!(d(&eval1, &eval2), 0.0);
-    assert!(d(&eval1, &train) > 1e-4);
+    assert_eq!(tensor_diff(&eval1, &eval2), 0.0);
+    assert!(tensor_diff(&eval1, &train) > 1e-4);
 }
 
 #[test]
@@ -528,25 +518,21 @@ fn finishing_from_hidden_states_after_block_n_minus_k_equals_encode() {
         let (m, varmap) = model(&cfg, 16);
         let (specs, batch) = ragged_batch(cfg.patch_size);
         let enc = m.encode(&batch, false).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
         for k in [0, 1, n] {
             let state = m.encode_until(&batch, n - k, false).unwrap();
             assert_eq!(state.blocks, n - k);
             assert_eq!(state.hidden.dims(), &[3, 8, cfg.d_model]);
             assert_eq!(state.key_mask.dims(), &[3, 8]);
             let fin = m.encode_from(&state, false).unwrap();
-            assert!(diff(&fin.tokens, &enc.tokens) <= TOL, "k {k}: tokens");
-            assert!(diff(&fin.pooled, &enc.pooled) <= TOL, "k {k}: pooled");
-            assert!(diff(&fin.scale_token, &enc.scale_token) <= TOL);
+            assert!(
+                tensor_diff(&fin.tokens, &enc.tokens) <= TOL,
+                "k {k}: tokens"
+            );
+            assert!(
+                tensor_diff(&fin.pooled, &enc.pooled) <= TOL,
+                "k {k}: pooled"
+            );
+            assert!(tensor_diff(&fin.scale_token, &enc.scale_token) <= TOL);
             assert_eq!(
                 fin.token_ids.as_ref().map(|t| t.to_vec2::<u32>().unwrap()),
                 enc.token_ids.as_ref().map(|t| t.to_vec2::<u32>().unwrap()),
@@ -615,16 +601,6 @@ fn the_inference_copy_computes_the_same_and_ignores_later_training() {
     // model are compared with the copy's.
     let many: Vec<Spec> = specs.iter().cycle().take(60).cloned().collect();
     let large = collate(&many, 0);
-    let diff = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
     let grid = WavelengthGrid::from_batch(&small);
     let mut before = Vec::new();
     for batch in [&small, &large] {
@@ -632,8 +608,8 @@ fn the_inference_copy_computes_the_same_and_ignores_later_training() {
             m.encode(batch, false).unwrap(),
             inf.encode(batch, false).unwrap(),
         );
-        assert!(diff(&a.tokens, &b.tokens) <= TOL, "tokens");
-        assert!(diff(&a.pooled, &b.pooled) <= TOL, "pooled");
+        assert!(tensor_diff(&a.tokens, &b.tokens) <= TOL, "tokens");
+        assert!(tensor_diff(&a.pooled, &b.pooled) <= TOL, "pooled");
         assert_eq!(
             a.token_ids.map(|t| t.to_vec2::<u32>().unwrap()),
             b.token_ids.map(|t| t.to_vec2::<u32>().unwrap()),
@@ -646,16 +622,22 @@ fn the_inference_copy_computes_the_same_and_ignores_later_training() {
         inf.decode(&inf.encode(&small, false).unwrap(), &grid, false)
             .unwrap(),
     );
-    assert!(diff(&a, &b) <= TOL, "reconstruction");
+    assert!(tensor_diff(&a, &b) <= TOL, "reconstruction");
     // The copy's weights are its own: a training step of the original
     // moves the original's outputs, not the copy's.
     let mut sgd = candle_nn::SGD::new(varmap.all_vars(), 0.5).unwrap();
     sgd.backward_step(&m.loss(&large, None, true).unwrap().loss)
         .unwrap();
     let moved = m.encode(&small, false).unwrap().pooled;
-    assert!(diff(&moved, &before[0]) > 1e-4, "the step changed nothing");
+    assert!(
+        tensor_diff(&moved, &before[0]) > 1e-4,
+        "the step changed nothing"
+    );
     for (batch, was) in [&small, &large].into_iter().zip(&before) {
-        assert_eq!(diff(&inf.encode(batch, false).unwrap().pooled, was), 0.0);
+        assert_eq!(
+            tensor_diff(&inf.encode(batch, false).unwrap().pooled, was),
+            0.0
+        );
     }
 }
 
@@ -672,13 +654,6 @@ fn the_inference_copy_of_a_bf16_model_computes_the_same() {
         inf.encode(&batch, false).unwrap().pooled,
     );
     assert_eq!(b.dtype(), DType::BF16);
-    let diff = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = tensor_diff(&a, &b);
     assert!(diff <= 1e-2, "bf16 inference copy differs by {diff}");
 }

@@ -200,6 +200,16 @@ pub fn rows(t: &Tensor, b: usize) -> Vec<Vec<f32>> {
         .expect("tensor row")
 }
 
+/// Largest absolute difference of two tensors of one shape (any float
+/// dtype, compared in f32).
+#[allow(dead_code)]
+pub fn tensor_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32).expect("to f32");
+    (f32(a) - f32(b))
+        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+        .expect("tensors of one shape")
+}
+
 /// Largest absolute difference of two equally long rows.
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
