@@ -78,7 +78,7 @@ impl Linear {
     /// the layer's input.
     pub fn for_inference(&self) -> Result<Linear> {
         let weight = match self.layout {
-            WeightLayout::OutIn => crate::fused::transposed(&self.weight.detach())?,
+            WeightLayout::OutIn => crate::fused::transposed(&self.weight)?,
             WeightLayout::InOut => snapshot(&self.weight)?,
         };
         Ok(Linear {

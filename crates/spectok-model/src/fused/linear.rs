@@ -235,7 +235,9 @@ fn product_onto_bias(
         (None, WeightLayout::OutIn) => (w, inp as isize, 1),
     };
     if rows > 0 && out > 0 && inp > 0 {
-        // SAFETY: y holds rows × out values (row stride out), x rows × inp
+        // SAFETY: y has room for rows × out values (row stride out): filled
+        // when the GEMM reads it (bias or residual), else left unfilled and
+        // written without being read (read_dst false); x holds rows × inp
         // (row stride inp), Wᵀ is read from W (element (i, j) at
         // w[j·inp + i]) or from a row-major Wᵀ (at [i·out + j]); y is a
         // fresh buffer, so nothing overlaps.
