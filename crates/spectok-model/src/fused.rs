@@ -240,7 +240,13 @@ fn lane_max(row: &[f32]) -> f32 {
 /// Replaces the logits of one row by their softmax.
 #[multiversion(targets = "simd")]
 fn softmax_in_place(row: &mut [f32]) {
-    let max = lane_max(row);
+    softmax_from_max(row, lane_max(row));
+}
+
+/// The softmax of a row whose largest value is `max`, in place: the
+/// exponentials summed as they are written, then scaled.
+#[inline(always)]
+fn softmax_from_max(row: &mut [f32], max: f32) {
     let inv = 1.0 / exp_and_sum(row, max);
     row.iter_mut().for_each(|v| *v *= inv);
 }
@@ -655,15 +661,22 @@ pub fn linear(
     layout: WeightLayout,
     bias: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
-    let bias_fusable = match bias {
-        Some(b) => fusable(b),
-        None => true,
-    };
-    if !(fusable(xs) && fusable(weight) && bias_fusable) {
+    apply_linear(xs, weight, bias, || Ok(linear::Linear::plain(layout)))
+}
+
+/// `op` (made only where it applies) on `xs`, `weight` and the bias when
+/// all are f32 CPU tensors and the kernels are on; `None` otherwise.
+fn apply_linear(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    op: impl FnOnce() -> Result<linear::Linear>,
+) -> Result<Option<Tensor>> {
+    if !(fusable(xs) && fusable(weight) && bias.is_none_or(fusable)) {
         return Ok(None);
     }
     let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
-    let op = linear::Linear::plain(layout);
+    let op = op()?;
     Ok(Some(match bias {
         Some(b) => xs.apply_op3(&weight, &b.contiguous()?, op)?,
         None => xs.apply_op2(&weight, op)?,
@@ -682,20 +695,12 @@ pub fn linear_onto(
     bias: Option<&Tensor>,
     residual: &Tensor,
 ) -> Result<Option<Tensor>> {
-    let bias_fusable = match bias {
-        Some(b) => fusable(b),
-        None => true,
-    };
-    if !(fusable(xs) && fusable(weight) && bias_fusable && fusable(residual)) || residual.track_op()
-    {
+    if !fusable(residual) || residual.track_op() {
         return Ok(None);
     }
-    let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
-    let op = linear::Linear::onto(layout, residual.contiguous()?);
-    Ok(Some(match bias {
-        Some(b) => xs.apply_op3(&weight, &b.contiguous()?, op)?,
-        None => xs.apply_op2(&weight, op)?,
-    }))
+    apply_linear(xs, weight, bias, || {
+        Ok(linear::Linear::onto(layout, residual.contiguous()?))
+    })
 }
 
 /// A 2-D tensor's transpose in storage of its own, row-major (a
@@ -708,11 +713,7 @@ pub fn transposed(w: &Tensor) -> Result<Tensor> {
         return w.t()?.contiguous();
     }
     let w = w.contiguous()?;
-    let (storage, layout) = w.storage_and_layout();
-    let candle_core::Storage::Cpu(s) = &*storage else {
-        candle_core::bail!("transposed: expected a CPU tensor");
-    };
-    let wt = linear::transpose(values("transposed", s, layout)?, rows, cols);
+    let wt = linear::with_values(&w, |v| Ok(linear::transpose(v, rows, cols)))?;
     Tensor::from_vec(wt, (cols, rows), w.device())
 }
 

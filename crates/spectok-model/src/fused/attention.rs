@@ -21,7 +21,7 @@ use gemm::{gemm, Parallelism};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::{add_and_max, exp_and_sum, lane_sum2, par_zeros, values};
+use super::{add_and_max, lane_sum2, par_zeros, softmax_from_max, values};
 
 /// Most logits one task holds at once at inference (queries are taken in
 /// blocks of rows): 2²² f32 values, 16 MiB.
@@ -154,8 +154,7 @@ fn weights(
 fn softmax_rows_with_bias(p: &mut [f32], bias: &[f32]) {
     for row in p.chunks_exact_mut(bias.len().max(1)) {
         let max = add_and_max(row, bias);
-        let inv = 1.0 / exp_and_sum(row, max);
-        row.iter_mut().for_each(|v| *v *= inv);
+        softmax_from_max(row, max);
     }
 }
 

@@ -293,10 +293,10 @@ pub(super) fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
 }
 
 /// Runs `f` on the contiguous f32 values of a CPU tensor.
-fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+pub(super) fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(s) = &*storage else {
-        candle_core::bail!("spectok-linear: backward needs CPU tensors");
+        candle_core::bail!("spectok-linear: expects CPU tensors");
     };
     f(values("spectok-linear", s, layout)?)
 }
